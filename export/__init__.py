@@ -1,0 +1,1 @@
+"""Export: eager -> TorchScript, parity gate, Triton repository writer."""

@@ -1,0 +1,96 @@
+"""Training plumbing shared by both models: seeding, checkpoints, curves."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a torch Generator for samplers."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def save_checkpoint(path: str | Path, *, kind: str, config: dict[str, Any], model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None, step: int = 0,
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Atomically write a checkpoint (kind, config, weights, optimizer, step)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(
+        {
+            "kind": kind,
+            "config": config,
+            "state_dict": model.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "step": step,
+            "extra": extra or {},
+        },
+        tmp,
+    )
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
+    """Load a checkpoint and check it holds the expected model kind."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
+        got = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path}: expected a {kind!r} checkpoint, got {got!r}")
+    return ckpt
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def plot_curves(history: dict[str, list[float]], path: str | Path, title: str) -> Path:
+    """Write a PNG with one panel per metric series (x = logged step index)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [k for k, v in history.items() if v]
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4.5 * max(1, len(names)), 3.4))
+    axes = np.atleast_1d(axes)
+    for ax, name in zip(axes, names):
+        ax.plot(history[name])
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    return path
