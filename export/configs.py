@@ -1,0 +1,133 @@
+"""Triton `config.pbtxt` for every model of the ensemble, built as
+`model_config_pb2.ModelConfig` messages from the schema's tensor contract
+(never string templates), for a target profile:
+
+- `cpu`: every step is a Python-backend model on KIND_CPU; the ranker's
+  model.py hosts TorchScript (the pip-installed server has no libtorch backend).
+- `gpu`: the same graph, with the ranker on the native `pytorch_libtorch`
+  backend on KIND_GPU (NVIDIA's Triton container); pre/post stay on CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from pinrank import schema
+
+PROFILES = ("cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """Knobs a deployment tunes; defaults fit the 2-core CPU machine."""
+
+    preprocess_instances: int = 1
+    ranker_instances: int = 1
+    postprocess_instances: int = 1
+
+
+def _tensor(cls: type, s: schema.TensorSpec, *, optional: bool | None = None):  # type: ignore[no-untyped-def]
+    msg = cls(name=s.name, data_type=mc.DataType.Value("TYPE_" + s.triton_dtype), dims=list(s.shape))
+    if optional if optional is not None else s.optional:
+        msg.optional = True
+    return msg
+
+
+def _instances(kind: str, count: int) -> mc.ModelInstanceGroup:
+    return mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.Kind.Value(kind), count=count)
+
+
+def _python_model(name: str, inputs, outputs, count: int) -> mc.ModelConfig:  # type: ignore[no-untyped-def]
+    cfg = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
+    cfg.input.extend(_tensor(mc.ModelInput, s) for s in inputs)
+    cfg.output.extend(_tensor(mc.ModelOutput, s) for s in outputs)
+    cfg.instance_group.append(_instances("KIND_CPU", count))
+    return cfg
+
+
+def preprocess_config(settings: ProfileSettings) -> mc.ModelConfig:
+    return _python_model(
+        schema.PREPROCESS_MODEL,
+        schema.REQUEST_INPUTS,
+        schema.RANKER_INPUTS + schema.PASSTHROUGH,
+        settings.preprocess_instances,
+    )
+
+
+def postprocess_config(settings: ProfileSettings) -> mc.ModelConfig:
+    return _python_model(
+        schema.POSTPROCESS_MODEL,
+        schema.RANKER_OUTPUTS + schema.PASSTHROUGH,
+        schema.RESPONSE_OUTPUTS,
+        settings.postprocess_instances,
+    )
+
+
+def ranker_config(profile: str, settings: ProfileSettings) -> mc.ModelConfig:
+    if profile == "cpu":
+        return _python_model(
+            schema.RANKER_MODEL, schema.RANKER_INPUTS, schema.RANKER_OUTPUTS, settings.ranker_instances
+        )
+    if profile != "gpu":
+        raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
+    cfg = mc.ModelConfig(
+        name=schema.RANKER_MODEL,
+        backend="pytorch",
+        platform="pytorch_libtorch",
+        max_batch_size=0,
+        default_model_filename="ranker.pt",
+    )
+    cfg.input.extend(_tensor(mc.ModelInput, s) for s in schema.RANKER_INPUTS)
+    cfg.output.extend(_tensor(mc.ModelOutput, s) for s in schema.RANKER_OUTPUTS)
+    cfg.instance_group.append(_instances("KIND_GPU", settings.ranker_instances))
+    # inference_mode skips autograd bookkeeping on every request.
+    cfg.parameters["INFERENCE_MODE"].string_value = "true"
+    return cfg
+
+
+def ensemble_config() -> mc.ModelConfig:
+    """preprocess -> ranker -> postprocess; tensor names are the schema's."""
+    cfg = mc.ModelConfig(name=schema.ENSEMBLE_MODEL, platform="ensemble", max_batch_size=0)
+    cfg.input.extend(_tensor(mc.ModelInput, s) for s in schema.REQUEST_INPUTS)
+    cfg.output.extend(_tensor(mc.ModelOutput, s) for s in schema.RESPONSE_OUTPUTS)
+
+    def step(model: str, inputs, outputs) -> mc.ModelEnsembling.Step:  # type: ignore[no-untyped-def]
+        st = mc.ModelEnsembling.Step(model_name=model, model_version=-1)
+        for s in inputs:
+            st.input_map[s.name] = s.name
+        for s in outputs:
+            st.output_map[s.name] = s.name
+        return st
+
+    cfg.ensemble_scheduling.step.extend(
+        [
+            step(schema.PREPROCESS_MODEL, schema.REQUEST_INPUTS, schema.RANKER_INPUTS + schema.PASSTHROUGH),
+            step(schema.RANKER_MODEL, schema.RANKER_INPUTS, schema.RANKER_OUTPUTS),
+            step(schema.POSTPROCESS_MODEL, schema.RANKER_OUTPUTS + schema.PASSTHROUGH, schema.RESPONSE_OUTPUTS),
+        ]
+    )
+    return cfg
+
+
+def profile_configs(profile: str, settings: ProfileSettings | None = None) -> dict[str, mc.ModelConfig]:
+    """Every model's config for `profile`, keyed by model name."""
+    settings = settings or ProfileSettings()
+    cfgs = [
+        preprocess_config(settings),
+        ranker_config(profile, settings),
+        postprocess_config(settings),
+        ensemble_config(),
+    ]
+    return {c.name: c for c in cfgs}
+
+
+def to_pbtxt(cfg: mc.ModelConfig) -> str:
+    return text_format.MessageToString(cfg)
+
+
+def parse_pbtxt(text: str) -> mc.ModelConfig:
+    """Parse a config.pbtxt; raises text_format.ParseError when it is invalid."""
+    return text_format.Parse(text, mc.ModelConfig())

@@ -1,0 +1,136 @@
+"""Write a servable Triton model repository for one profile.
+
+Layout (names from the schema):
+
+    <repo>/pinrank/config.pbtxt, 1/            ensemble
+    <repo>/preprocess/config.pbtxt, <v>/model.py, <v>/_vendor/, <v>/artifacts/
+    <repo>/ranker/config.pbtxt, <v>/ranker.pt [+ model.py on cpu]
+    <repo>/postprocess/config.pbtxt, <v>/model.py, <v>/_vendor/
+
+Each publish adds version <v> = (highest existing) + 1 to every step model;
+version directories are assembled under a hidden temporary name and renamed
+into place, so a polling server never sees a half-written version. The item
+vocabulary and user snapshot are artifacts *of a version*: a daily snapshot is
+a new version.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from pinrank import schema
+from pinrank.serving.preprocess import ITEM_IDS_FILE, SNAPSHOT_DIR
+from pinrank.snapshot import UserSnapshot
+from pinrank.vocab import ItemVocab
+from pinrank.export.configs import ProfileSettings, profile_configs, to_pbtxt
+
+PYTHON_MODELS_DIR = Path(__file__).resolve().parent.parent / "model_repository" / "python_models"
+
+#: numpy-only modules the Python-backend models import, vendored per version.
+VENDORED_MODULES = (
+    "pinrank_client.schema",
+    "pinrank_client.validation",
+    "pinrank.schema",
+    "pinrank.vocab",
+    "pinrank.snapshot",
+    "pinrank.serving.featurize",
+    "pinrank.serving.preprocess",
+    "pinrank.serving.postprocess",
+)
+
+
+@dataclass
+class PublishedVersion:
+    repository: Path
+    version: int
+    profile: str
+    models: list[str]
+
+
+def _next_version(repo: Path) -> int:
+    versions = [
+        int(p.name)
+        for model in (schema.PREPROCESS_MODEL, schema.RANKER_MODEL, schema.POSTPROCESS_MODEL)
+        if (repo / model).is_dir()
+        for p in (repo / model).iterdir()
+        if p.is_dir() and p.name.isdigit()
+    ]
+    return max(versions, default=0) + 1
+
+
+def _vendor(dest: Path) -> None:
+    """Copy the serving modules with their package structure (empty __init__s:
+    the real ones may import tritonclient, which a server image lacks)."""
+    for module in VENDORED_MODULES:
+        src = Path(importlib.import_module(module).__file__ or "")
+        parts = module.split(".")
+        target = dest.joinpath(*parts[:-1], parts[-1] + ".py")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, target)
+        for i in range(1, len(parts)):
+            init = dest.joinpath(*parts[:i], "__init__.py")
+            if not init.exists():
+                init.write_text("")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_repository(
+    repo: str | Path,
+    profile: str,
+    ranker_torchscript: str | Path,
+    vocab: ItemVocab,
+    snapshot: UserSnapshot,
+    manifest: dict | None = None,
+    settings: ProfileSettings | None = None,
+) -> PublishedVersion:
+    """Publish a new version of the ensemble's step models into `repo`."""
+    repo = Path(repo)
+    repo.mkdir(parents=True, exist_ok=True)
+    configs = profile_configs(profile, settings)
+    version = _next_version(repo)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name in (schema.PREPROCESS_MODEL, schema.RANKER_MODEL, schema.POSTPROCESS_MODEL):
+            tmp = repo / name / f".staging-{version}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir(parents=True)
+            staged.append((tmp, repo / name / str(version)))
+            python_source = {
+                schema.PREPROCESS_MODEL: "preprocess.py",
+                schema.POSTPROCESS_MODEL: "postprocess.py",
+                schema.RANKER_MODEL: "ranker_torchscript.py" if profile == "cpu" else None,
+            }[name]
+            if python_source:
+                shutil.copyfile(PYTHON_MODELS_DIR / python_source, tmp / "model.py")
+                _vendor(tmp / "_vendor")
+            if name == schema.PREPROCESS_MODEL:
+                (tmp / "artifacts").mkdir()
+                vocab.save(tmp / "artifacts" / ITEM_IDS_FILE)
+                snapshot.save(tmp / "artifacts" / SNAPSHOT_DIR)
+            if name == schema.RANKER_MODEL:
+                shutil.copyfile(ranker_torchscript, tmp / "ranker.pt")
+            (tmp / "manifest.json").write_text(
+                json.dumps({"profile": profile, "version": version, **(manifest or {})}, indent=2, sort_keys=True)
+            )
+        ensemble_version = repo / schema.ENSEMBLE_MODEL / "1"
+        ensemble_version.mkdir(parents=True, exist_ok=True)
+        # Configs first, then versions: the latest-version policy only ever
+        # switches to a complete directory.
+        for name, cfg in configs.items():
+            _write_text_atomic(repo / name / "config.pbtxt", to_pbtxt(cfg))
+        for tmp, final in staged:
+            tmp.rename(final)
+    finally:
+        for tmp, _ in staged:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return PublishedVersion(repo, version, profile, sorted(configs))

@@ -1,0 +1,209 @@
+"""Realtime action-sequence encoder (TransAct) in two layouts.
+
+Both layouts read the newest-first, 0-padded sequence of schema.RANKER_INPUTS
+(padding = action id 0) and are grouped: R requests each carry one sequence,
+B candidates point at their request through `req_index` [B]. Serving is the
+R = 1 case; training batches hold whole requests.
+
+- `early` (TransAct): the candidate embedding is concatenated to every token
+  and the transformer runs once per candidate, so it encodes B x L tokens.
+  Output = first `first_k` tokens + max-pool over the kept tokens, flattened.
+- `fused` (request-level dedup): the transformer encodes each request's
+  sequence once (R x L tokens); each candidate reads it with one
+  cross-attention whose keys/values are computed once per request, plus the
+  sequence's max-pool. Cost is L + N per request instead of N x L.
+
+The random time window (training only) arrives as a tensor argument so forward
+is deterministic and export-friendly; masks use finite negatives so fully
+masked rows stay finite, and their outputs are zeroed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pinrank import schema
+
+#: Finite "minus infinity" for attention masks: -inf NaNs fully masked rows,
+#: and -1e4 still fits fp16 (TensorRT) while softmax maps it to exactly 0.
+MASK_NEG = -1.0e4
+MODES = ("early", "fused")
+
+
+def keep_mask(seq_action: torch.Tensor, seq_age_h: torch.Tensor,
+              mask_window_h: Optional[torch.Tensor]) -> torch.Tensor:
+    """Which tokens attention may use: [R, L] bool.
+
+    Padding (action 0) is never kept. With a window T [R] (training only),
+    actions younger than T hours are dropped too, except the newest token
+    (position 0): TransAct keeps it so the model always sees some recent intent.
+    """
+    keep = seq_action != schema.PAD_ID
+    if mask_window_h is not None:
+        young = seq_age_h < mask_window_h.to(seq_age_h.dtype).unsqueeze(1)
+        pos = torch.arange(seq_action.size(1), device=seq_action.device).unsqueeze(0)
+        young = young & (pos > 0)
+        keep = keep & ~young
+    return keep
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over kept keys (hand-written: finite masks, scriptable)."""
+
+    def __init__(self, dim: int, nhead: int, dropout: float) -> None:
+        super().__init__()
+        if dim % nhead:
+            raise ValueError(f"dim {dim} not divisible by nhead {nhead}")
+        self.nhead = nhead
+        self.head_dim = dim // nhead
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.nhead, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # [b, h, n, hd]
+        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
+        scores = scores.masked_fill(~keep.unsqueeze(1).unsqueeze(2), MASK_NEG)
+        attn = self.drop(torch.softmax(scores, dim=-1))
+        ctx = torch.matmul(attn, v).transpose(1, 2).reshape(b, n, d)
+        return self.out(ctx)
+
+
+class EncoderLayer(nn.Module):
+    """Transformer encoder layer: post-norm by default, like TransAct's
+    nn.TransformerEncoderLayer (ReLU FFN, dropout), pre-norm as an option."""
+
+    def __init__(self, dim: int, nhead: int, ffn_dim: int, dropout: float, norm_first: bool) -> None:
+        super().__init__()
+        self.attn = SelfAttention(dim, nhead, dropout)
+        self.ff = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.drop1 = nn.Dropout(dropout)
+        self.drop2 = nn.Dropout(dropout)
+        self.norm_first = norm_first
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        if self.norm_first:
+            x = x + self.drop1(self.attn(self.norm1(x), keep))
+            return x + self.drop2(self.ff(self.norm2(x)))
+        x = self.norm1(x + self.drop1(self.attn(x, keep)))
+        return self.norm2(x + self.drop2(self.ff(x)))
+
+
+def masked_max_pool(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Max over kept tokens [.., L, d] -> [.., d]; 0 where nothing is kept."""
+    pooled = x.masked_fill(~keep.unsqueeze(-1), MASK_NEG).max(dim=-2).values
+    return pooled * keep.any(dim=-1, keepdim=True).to(x.dtype)
+
+
+class RealtimeEncoder(nn.Module):
+    """TransAct encoder over the last L actions, `early` or `fused` (module docstring).
+
+    Token = action-type embedding (+ surface embedding if `use_surface`) ⊕
+    item embedding; no positional encoding (TransAct found every PE hurt).
+    Item embeddings (sequence and candidates) are looked up by the caller so
+    the ranker's frozen table and OOV vector are shared.
+    """
+
+    def __init__(self, mode: str = "early", item_dim: int = schema.ITEM_EMB_DIM, action_dim: int = 32,
+                 num_layers: int = 2, nhead: int = 1, ffn_dim: int = 32, dropout: float = 0.1,
+                 first_k: int = 10, use_surface: bool = False, norm_first: bool = False) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.early = mode == "early"
+        self.first_k = first_k if self.early else 0
+        self.use_surface = use_surface
+        self.action_emb = nn.Embedding(schema.NUM_ACTION_IDS, action_dim, padding_idx=schema.PAD_ID)
+        self.surface_emb = nn.Embedding(schema.NUM_SURFACE_IDS, action_dim, padding_idx=schema.PAD_ID)
+        token_dim = action_dim + item_dim
+        self.dim = token_dim + item_dim if self.early else token_dim
+        self.layers = nn.ModuleList(
+            [EncoderLayer(self.dim, nhead, ffn_dim, dropout, norm_first) for _ in range(num_layers)]
+        )
+        # Cross-attention readout, used by `fused` only. Built in both modes
+        # because TorchScript compiles both branches of forward (~30k params).
+        self.nhead = nhead
+        self.head_dim = self.dim // nhead
+        self.q_proj = nn.Linear(item_dim, self.dim)
+        self.kv_proj = nn.Linear(self.dim, 2 * self.dim)
+        self.cross_out = nn.Linear(self.dim, self.dim)
+        self.out_dim = (self.first_k + 1) * self.dim if self.early else 2 * self.dim
+
+    def tokens(self, seq_item_emb: torch.Tensor, seq_action: torch.Tensor,
+               seq_surface: torch.Tensor) -> torch.Tensor:
+        act = self.action_emb(seq_action)
+        if self.use_surface:
+            act = act + self.surface_emb(seq_surface)
+        return torch.cat([act, seq_item_emb], dim=-1)
+
+    def forward(self, cand_emb: torch.Tensor, req_index: torch.Tensor, seq_item_emb: torch.Tensor,
+                seq_action: torch.Tensor, seq_surface: torch.Tensor, seq_age_h: torch.Tensor,
+                mask_window_h: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """cand_emb [B, Di], req_index [B] into R requests; seq_* [R, L(, Di)];
+        mask_window_h [R] hours or None -> [B, out_dim]."""
+        keep = keep_mask(seq_action, seq_age_h, mask_window_h)
+        tok = self.tokens(seq_item_emb, seq_action, seq_surface)
+        if self.early:
+            return self._early(cand_emb, req_index, tok, keep)
+        return self._fused(cand_emb, req_index, tok, keep)
+
+    def encode(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, keep)
+        # Dropped tokens still produce outputs through their residual path; zero
+        # them so a masked action cannot leak into first-k or the pool.
+        return x * keep.unsqueeze(-1).to(x.dtype)
+
+    def _early(self, cand_emb: torch.Tensor, req_index: torch.Tensor, tok: torch.Tensor,
+               keep: torch.Tensor) -> torch.Tensor:
+        b = cand_emb.size(0)
+        n = tok.size(1)
+        if tok.size(0) == 1:  # serving: broadcast the one sequence without a gather
+            tok_b = tok.expand(b, n, tok.size(2))
+            keep_b = keep.expand(b, n)
+        else:
+            tok_b = tok.index_select(0, req_index)
+            keep_b = keep.index_select(0, req_index)
+        x = torch.cat([tok_b, cand_emb.unsqueeze(1).expand(b, n, cand_emb.size(1))], dim=-1)
+        x = self.encode(x, keep_b)
+        first = x[:, : self.first_k]
+        if n < self.first_k:  # training trims trailing padding; restore the fixed width
+            first = F.pad(first, (0, 0, 0, self.first_k - n))
+        return torch.cat([first.reshape(b, self.first_k * self.dim), masked_max_pool(x, keep_b)], dim=1)
+
+    def _fused(self, cand_emb: torch.Tensor, req_index: torch.Tensor, tok: torch.Tensor,
+               keep: torch.Tensor) -> torch.Tensor:
+        r, n = keep.shape
+        b = cand_emb.size(0)
+        h, hd = self.nhead, self.head_dim
+        seq = self.encode(tok, keep)  # [R, L, d]: once per request
+        pooled = masked_max_pool(seq, keep)  # [R, d]
+        kv = self.kv_proj(seq).reshape(r, n, 2, h, hd).permute(2, 0, 3, 1, 4)  # [2, R, h, L, hd]
+        k, v = kv[0], kv[1]
+        q = self.q_proj(cand_emb).reshape(b, h, 1, hd) * (1.0 / math.sqrt(hd))
+        if r == 1:  # serving: all candidates against the one cached K/V
+            scores = torch.matmul(q.transpose(0, 1).reshape(h, b, hd), k[0].transpose(-1, -2))  # [h, B, L]
+            scores = scores.masked_fill(~keep[0].reshape(1, 1, n), MASK_NEG)
+            ctx = torch.matmul(torch.softmax(scores, dim=-1), v[0]).transpose(0, 1).reshape(b, h * hd)
+            any_kept = keep.any(dim=1).to(ctx.dtype).expand(b)
+            pooled_b = pooled.expand(b, pooled.size(1))
+        else:
+            kb = k.index_select(0, req_index)  # [B, h, L, hd]
+            vb = v.index_select(0, req_index)
+            keep_b = keep.index_select(0, req_index)
+            scores = torch.matmul(q, kb.transpose(-1, -2))  # [B, h, 1, L]
+            scores = scores.masked_fill(~keep_b.reshape(b, 1, 1, n), MASK_NEG)
+            ctx = torch.matmul(torch.softmax(scores, dim=-1), vb).reshape(b, h * hd)
+            any_kept = keep_b.any(dim=1).to(ctx.dtype)
+            pooled_b = pooled.index_select(0, req_index)
+        cross = self.cross_out(ctx) * any_kept.unsqueeze(1)
+        return torch.cat([cross, pooled_b], dim=1)

@@ -1,0 +1,35 @@
+"""Head probabilities -> utility -> top-k (numpy only): the ensemble's last step."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pinrank import schema
+
+_WEIGHTS = schema.utility_weight_vector()
+
+
+def utility(probs: np.ndarray) -> np.ndarray:
+    """Weighted head sum, [N, H] -> [N] float32 (weights from the schema)."""
+    return (np.asarray(probs, dtype=np.float32) @ _WEIGHTS).astype(np.float32)
+
+
+def top_k(candidate_ids: np.ndarray, probs: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """The k best candidates by utility; ties keep request order (stable sort)."""
+    if probs.ndim != 2 or probs.shape != (candidate_ids.shape[0], schema.NUM_HEADS):
+        raise ValueError(
+            f"probs must be [{candidate_ids.shape[0]}, {schema.NUM_HEADS}], got {list(probs.shape)}"
+        )
+    u = utility(probs)
+    k = max(1, min(int(k), u.shape[0]))
+    if k < u.shape[0]:
+        # argpartition keeps this O(N) for big N; the stable sort runs on k items only.
+        part = np.argpartition(-u, k - 1)[:k]
+        order = part[np.lexsort((part, -u[part]))]
+    else:
+        order = np.lexsort((np.arange(u.shape[0]), -u))
+    return {
+        "item_ids": candidate_ids[order].astype(np.int64),
+        "scores": u[order],
+        "head_probs": np.ascontiguousarray(probs[order], dtype=np.float32),
+    }
