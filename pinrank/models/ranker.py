@@ -173,6 +173,11 @@ class RankerServing(nn.Module):
     def __init__(self, ranker: Ranker) -> None:
         super().__init__()
         self.ranker = ranker
+        cfg = ranker.config
+        self.anchor_user = not cfg.use_pinnerformer
+        self.anchor_context = not cfg.use_context
+        self.anchor_seq = not cfg.use_realtime
+        self.anchor_surface = not (cfg.use_realtime and cfg.use_surface)
 
     def forward(self, cand_idx: torch.Tensor, user_emb: torch.Tensor, seq_item_idx: torch.Tensor,
                 seq_action: torch.Tensor, seq_surface: torch.Tensor, seq_age_h: torch.Tensor,
@@ -183,7 +188,27 @@ class RankerServing(nn.Module):
         logits = self.ranker(cand_idx, req_index, user_emb.unsqueeze(0), seq_item_idx.unsqueeze(0),
                              seq_action.unsqueeze(0), seq_surface.unsqueeze(0), seq_age_h.unsqueeze(0),
                              context.unsqueeze(0), None)
-        return torch.sigmoid(logits)
+        probs = torch.sigmoid(logits)
+        # ONNX export silently drops inputs the graph never reads, which would
+        # break the fixed schema.RANKER_INPUTS contract for ablated models, so
+        # each ignored input is folded in as an exact (always finite) zero.
+        if self.anchor_user:
+            probs = probs + _zero_from(user_emb)
+        if self.anchor_context:
+            probs = probs + _zero_from(context)
+        if self.anchor_seq:
+            probs = probs + _zero_from(seq_item_idx) + _zero_from(seq_action)
+        # Ages only drive the training-time window mask (TransAct uses time for
+        # masking, not as a feature), so serving never reads them.
+        probs = probs + _zero_from(seq_age_h)
+        if self.anchor_surface:
+            probs = probs + _zero_from(seq_surface)
+        return probs
+
+
+def _zero_from(x: torch.Tensor) -> torch.Tensor:
+    """A [1] float zero that depends on x (finite even if x holds NaN)."""
+    return (x.reshape(-1)[:1] == 0).to(torch.float32) * 0.0
 
 
 def ranker_from_checkpoint(ckpt: dict[str, Any]) -> Ranker:

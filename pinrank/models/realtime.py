@@ -31,6 +31,7 @@ from pinrank import schema
 
 #: Finite "minus infinity" for attention masks: -inf NaNs fully masked rows,
 #: and -1e4 still fits fp16 (TensorRT) while softmax maps it to exactly 0.
+#: TorchScript cannot read float globals, so scripted code spells the literal.
 MASK_NEG = -1.0e4
 MODES = ("early", "fused")
 
@@ -43,7 +44,7 @@ def keep_mask(seq_action: torch.Tensor, seq_age_h: torch.Tensor,
     actions younger than T hours are dropped too, except the newest token
     (position 0): TransAct keeps it so the model always sees some recent intent.
     """
-    keep = seq_action != schema.PAD_ID
+    keep = seq_action != 0  # schema.PAD_ID (a literal: TorchScript)
     if mask_window_h is not None:
         young = seq_age_h < mask_window_h.to(seq_age_h.dtype).unsqueeze(1)
         pos = torch.arange(seq_action.size(1), device=seq_action.device).unsqueeze(0)
@@ -70,7 +71,7 @@ class SelfAttention(nn.Module):
         qkv = self.qkv(x).reshape(b, n, 3, self.nhead, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # [b, h, n, hd]
         scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
-        scores = scores.masked_fill(~keep.unsqueeze(1).unsqueeze(2), MASK_NEG)
+        scores = scores.masked_fill(~keep.unsqueeze(1).unsqueeze(2), -1.0e4)
         attn = self.drop(torch.softmax(scores, dim=-1))
         ctx = torch.matmul(attn, v).transpose(1, 2).reshape(b, n, d)
         return self.out(ctx)
@@ -100,7 +101,7 @@ class EncoderLayer(nn.Module):
 
 def masked_max_pool(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Max over kept tokens [.., L, d] -> [.., d]; 0 where nothing is kept."""
-    pooled = x.masked_fill(~keep.unsqueeze(-1), MASK_NEG).max(dim=-2).values
+    pooled = x.masked_fill(~keep.unsqueeze(-1), -1.0e4).max(dim=-2).values
     return pooled * keep.any(dim=-1, keepdim=True).to(x.dtype)
 
 
@@ -192,7 +193,7 @@ class RealtimeEncoder(nn.Module):
         q = self.q_proj(cand_emb).reshape(b, h, 1, hd) * (1.0 / math.sqrt(hd))
         if r == 1:  # serving: all candidates against the one cached K/V
             scores = torch.matmul(q.transpose(0, 1).reshape(h, b, hd), k[0].transpose(-1, -2))  # [h, B, L]
-            scores = scores.masked_fill(~keep[0].reshape(1, 1, n), MASK_NEG)
+            scores = scores.masked_fill(~keep[0].reshape(1, 1, n), -1.0e4)
             ctx = torch.matmul(torch.softmax(scores, dim=-1), v[0]).transpose(0, 1).reshape(b, h * hd)
             any_kept = keep.any(dim=1).to(ctx.dtype).expand(b)
             pooled_b = pooled.expand(b, pooled.size(1))
@@ -201,7 +202,7 @@ class RealtimeEncoder(nn.Module):
             vb = v.index_select(0, req_index)
             keep_b = keep.index_select(0, req_index)
             scores = torch.matmul(q, kb.transpose(-1, -2))  # [B, h, 1, L]
-            scores = scores.masked_fill(~keep_b.reshape(b, 1, 1, n), MASK_NEG)
+            scores = scores.masked_fill(~keep_b.reshape(b, 1, 1, n), -1.0e4)
             ctx = torch.matmul(torch.softmax(scores, dim=-1), vb).reshape(b, h * hd)
             any_kept = keep_b.any(dim=1).to(ctx.dtype)
             pooled_b = pooled.index_select(0, req_index)

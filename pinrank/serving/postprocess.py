@@ -23,9 +23,11 @@ def top_k(candidate_ids: np.ndarray, probs: np.ndarray, k: int) -> dict[str, np.
     u = utility(probs)
     k = max(1, min(int(k), u.shape[0]))
     if k < u.shape[0]:
-        # argpartition keeps this O(N) for big N; the stable sort runs on k items only.
-        part = np.argpartition(-u, k - 1)[:k]
-        order = part[np.lexsort((part, -u[part]))]
+        # Partition keeps this O(N); keeping every tie of the k-th value makes
+        # the result identical to a full stable sort.
+        kth = np.partition(u, u.shape[0] - k)[u.shape[0] - k]
+        keep = np.flatnonzero(u >= kth)
+        order = keep[np.lexsort((keep, -u[keep]))][:k]
     else:
         order = np.lexsort((np.arange(u.shape[0]), -u))
     return {

@@ -1,0 +1,63 @@
+# pinrank: `make demo` and `make test` work on a fresh clone (CPU, bundled Triton).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PINRANK := $(VENV)/bin/pinrank
+A := artifacts
+DATA := $(A)/data/quick
+PF_CKPT := $(A)/checkpoints/pinnerformer.pt
+RANKER_CKPT := $(A)/checkpoints/ranker.pt
+SNAPSHOT := $(A)/snapshots/latest
+REPO := model_repository
+PYTEST_ARGS ?=
+
+.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo test test-fast clean
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed ## Create .venv and install pinrank + pinrank-client (+ test deps)
+
+$(VENV)/.installed: pyproject.toml client/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e ./client -e '.[test]'
+	touch $@
+
+data: $(DATA)/meta.json ## Generate the quick synthetic action log
+$(DATA)/meta.json: | setup
+	$(PINRANK) data synth --out $(DATA)
+
+train-pinnerformer: $(PF_CKPT) ## Train PinnerFormer (quick config)
+$(PF_CKPT): $(DATA)/meta.json
+	$(PINRANK) train pinnerformer --data $(DATA) --out $@ --curve results/pinnerformer_curve.png
+
+embed: $(SNAPSHOT)/meta.json ## Daily batch job: user-embedding snapshot as of the train/eval split
+$(SNAPSHOT)/meta.json: $(PF_CKPT)
+	$(PINRANK) embed --checkpoint $(PF_CKPT) --data $(DATA) --out $(SNAPSHOT)
+
+train-ranker: $(RANKER_CKPT) ## Train the ranker (needs PinnerFormer for daily snapshots)
+$(RANKER_CKPT): $(PF_CKPT)
+	$(PINRANK) train ranker --data $(DATA) --pinnerformer $(PF_CKPT) --out $@ --curve results/ranker_curve.png
+
+train: train-pinnerformer train-ranker ## Train both models
+
+export: $(REPO)/cpu/pinrank/config.pbtxt ## Export TorchScript (parity-gated) into model_repository/{cpu,gpu}
+$(REPO)/cpu/pinrank/config.pbtxt: $(RANKER_CKPT) $(SNAPSHOT)/meta.json
+	$(PINRANK) export --ranker $(RANKER_CKPT) --snapshot $(SNAPSHOT) --data $(DATA) --out $(REPO) --target all
+
+serve: export ## Serve model_repository/cpu on localhost:8000/8001/8002 (Ctrl-C stops)
+	$(PINRANK) serve --repository $(REPO)/cpu
+
+demo: export ## Everything: data, train, export, serve, rank via the SDK -> results/demo.json
+	$(PINRANK) demo --repository $(REPO)/cpu --data $(DATA) --out results/demo.json
+
+test: setup ## Unit + real-Triton integration tests
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: setup ## Unit tests only (no server, no slow training)
+	$(VENV)/bin/pytest -m "not slow and not triton" $(PYTEST_ARGS)
+
+clean: ## Remove generated artifacts (keeps .venv)
+	rm -rf $(A) results $(REPO)/cpu $(REPO)/gpu $(REPO)/.build

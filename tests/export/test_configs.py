@@ -1,0 +1,46 @@
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from pinrank import schema
+from pinrank.export.configs import PROFILES, parse_pbtxt, profile_configs, to_pbtxt
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_configs_round_trip_and_follow_the_schema(profile):
+    cfgs = profile_configs(profile)
+    assert set(cfgs) == {schema.ENSEMBLE_MODEL, schema.PREPROCESS_MODEL, schema.RANKER_MODEL, schema.POSTPROCESS_MODEL}
+    for cfg in cfgs.values():
+        assert parse_pbtxt(to_pbtxt(cfg)) == cfg
+    ens = cfgs[schema.ENSEMBLE_MODEL]
+    assert [i.name for i in ens.input] == [s.name for s in schema.REQUEST_INPUTS]
+    assert [o.name for o in ens.output] == [s.name for s in schema.RESPONSE_OUTPUTS]
+    assert [s.model_name for s in ens.ensemble_scheduling.step] == [
+        schema.PREPROCESS_MODEL, schema.RANKER_MODEL, schema.POSTPROCESS_MODEL]
+    ranker = cfgs[schema.RANKER_MODEL]
+    kind = mc.ModelInstanceGroup.KIND_CPU if profile == "cpu" else mc.ModelInstanceGroup.KIND_GPU
+    assert ranker.instance_group[0].kind == kind
+    for name in (schema.PREPROCESS_MODEL, schema.POSTPROCESS_MODEL):
+        assert cfgs[name].instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+
+
+def test_every_ensemble_tensor_is_produced_before_it_is_consumed():
+    ens = profile_configs("cpu")[schema.ENSEMBLE_MODEL]
+    available = {i.name for i in ens.input}
+    for step in ens.ensemble_scheduling.step:
+        needed = {v for k, v in step.input_map.items()}
+        optional = {s.name for s in schema.REQUEST_INPUTS if s.optional}
+        assert needed - available <= optional
+        available |= set(step.output_map.values())
+    assert {o.name for o in ens.output} <= available
+
+
+def test_top_k_is_optional_and_dtypes_match():
+    ens = profile_configs("cpu")[schema.ENSEMBLE_MODEL]
+    top_k = next(i for i in ens.input if i.name == "top_k")
+    assert top_k.optional
+    assert all(i.data_type == mc.TYPE_INT64 for i in ens.input)
+
+
+def test_unknown_profile_is_rejected():
+    with pytest.raises(ValueError, match="unknown profile"):
+        profile_configs("tpu")
