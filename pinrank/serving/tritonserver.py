@@ -216,11 +216,15 @@ class TritonServer:
         self.stop()
         raise ServerError(f"tritonserver not ready after {timeout_s:.0f}s; last log lines:\n{self.log_tail()}")
 
-    def log_tail(self, lines: int = 25) -> str:
+    def log_tail(self, lines: int = 8) -> str:
+        """Error lines (Triton prefixes them with 'E') and model load failures
+        first, since the status table that names them scrolls past the tail."""
         if not self.log_path or not self.log_path.exists():
             return ""
         text = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
+        errors = [t for t in text if t.startswith("E") or "UNAVAILABLE" in t][-10:]
+        tail = [t for t in text[-lines:] if t not in errors]
+        return "\n".join(errors + tail)
 
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None

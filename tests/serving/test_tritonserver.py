@@ -1,0 +1,76 @@
+"""The launcher's error paths (real binary, no models needed for most)."""
+
+import socket
+
+import pytest
+
+from pinrank.serving.tritonserver import (
+    Ports,
+    ServerError,
+    TritonServer,
+    backend_directory,
+    free_ports,
+    tritonserver_binary,
+    validate_repository,
+)
+
+
+def test_bundled_binary_and_backend_dir_exist():
+    assert tritonserver_binary().exists()
+    py = backend_directory() / "python"
+    assert (py / "libtriton_python.so").exists()
+    assert (py / "triton_python_backend_stub").exists()
+
+
+def test_missing_repository(tmp_path):
+    with pytest.raises(ServerError, match="does not exist"):
+        validate_repository(tmp_path / "nope")
+
+
+def test_empty_repository(tmp_path):
+    with pytest.raises(ServerError, match="holds no models"):
+        validate_repository(tmp_path)
+
+
+def test_model_without_config(tmp_path):
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    with pytest.raises(ServerError, match="config.pbtxt is missing"):
+        validate_repository(tmp_path)
+
+
+def test_malformed_config(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.pbtxt").write_text('name: "m"\nbackend: python\nmax_batch_size: oops\n')
+    with pytest.raises(ServerError, match="not a valid Triton ModelConfig"):
+        validate_repository(tmp_path)
+
+
+def test_occupied_port_is_reported_before_starting(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.pbtxt").write_text('name: "m"\nbackend: "python"\n')
+    http, grpc, metrics = free_ports(3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", grpc))
+        s.listen()
+        server = TritonServer(tmp_path, Ports(http, grpc, metrics))
+        with pytest.raises(ServerError, match=f"grpc port {grpc} already in use"):
+            server.start()
+        assert server.process is None
+
+
+@pytest.mark.triton
+def test_server_that_fails_to_load_reports_its_log(tmp_path):
+    # A syntactically valid config whose model can't load: the server exits
+    # (--exit-on-error) and the error names the cause instead of hanging.
+    (tmp_path / "broken" / "1").mkdir(parents=True)
+    (tmp_path / "broken" / "1" / "model.py").write_text("raise RuntimeError('boom at import')\n")
+    (tmp_path / "broken" / "config.pbtxt").write_text(
+        'name: "broken"\nbackend: "python"\nmax_batch_size: 0\n'
+        'input [{ name: "x" data_type: TYPE_FP32 dims: [1] }]\n'
+        'output [{ name: "y" data_type: TYPE_FP32 dims: [1] }]\n'
+    )
+    server = TritonServer(tmp_path, Ports(*free_ports(3)), log_path=tmp_path / "log.txt")
+    with pytest.raises(ServerError) as err:
+        server.start(timeout_s=60)
+    assert "boom at import" in str(err.value) or "broken" in str(err.value)
+    assert not server.is_running()
