@@ -114,11 +114,14 @@ def server_env(extra_pythonpath: list[str] | None = None) -> dict[str, str]:
     if env.get("LD_LIBRARY_PATH"):
         libs.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = ":".join(libs)
-    # The stub embeds libpython but not this venv's site configuration: hand it
-    # our sys.path so model.py can import numpy/torch (and editable installs).
+    # The stub embeds libpython and finds its prefix through the `python3` on
+    # PATH: putting this interpreter's bin first makes the stub use this venv's
+    # site-packages (numpy<2, torch, editable installs). Without it the stub
+    # falls back to the base interpreter, whose numpy 2 makes every output
+    # tensor silently empty. PYTHONPATH is a second line of defence only.
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     paths = list(extra_pythonpath or []) + [p for p in sys.path if p and Path(p).is_dir()]
     env["PYTHONPATH"] = ":".join(dict.fromkeys(paths))
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     # One thread per model instance: requests run concurrently across instances,
     # and oversubscribing 2 cores with intra-op threads costs more than it gives.
     env.setdefault("OMP_NUM_THREADS", "1")

@@ -1,7 +1,49 @@
-"""pinrank-client: the thin SDK for the pinrank ranking service."""
+"""pinrank-client: the thin SDK for the pinrank ranking service.
 
-from pinrank_client import schema
-from pinrank_client.validation import InvalidRequestError, validate_request
+    from pinrank_client import RankingClient, Action
 
-__all__ = ["schema", "InvalidRequestError", "validate_request"]
+    with RankingClient("localhost:8001") as client:
+        response = client.rank(42, [101, 102, 103], [Action(7, "save", ts_ms)], top_k=2)
+
+Importing this package is cheap and never imports tritonclient, torch or the
+`pinrank` server package; the clients import tritonclient when created.
+"""
+
+from pinrank_client import errors, schema
+from pinrank_client._retry import RetryPolicy
+from pinrank_client._url import Endpoint, parse_url
+from pinrank_client.client import AsyncRankingClient, Health, RankingClient
+from pinrank_client.errors import (
+    InvalidRequestError,
+    ModelNotReadyError,
+    PinrankError,
+    RequestTimeoutError,
+    ServerError,
+    ServerUnavailableError,
+)
+from pinrank_client.types import Action, ActionHistory, RankedItem, RankRequest, RankResponse
+from pinrank_client.validation import validate_request
+
+__all__ = [
+    "schema",
+    "errors",
+    "validate_request",
+    "RankingClient",
+    "AsyncRankingClient",
+    "Health",
+    "RetryPolicy",
+    "Endpoint",
+    "parse_url",
+    "Action",
+    "ActionHistory",
+    "RankRequest",
+    "RankedItem",
+    "RankResponse",
+    "PinrankError",
+    "InvalidRequestError",
+    "ServerUnavailableError",
+    "RequestTimeoutError",
+    "ModelNotReadyError",
+    "ServerError",
+]
 __version__ = "0.1.0"

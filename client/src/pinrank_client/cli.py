@@ -1,0 +1,365 @@
+"""`pinrank-client`: rank, health and models from the command line.
+
+Every failure ends as one `error: ...` line on stderr and an exit code a
+script can branch on; tracebacks are for bugs in this file, not for users.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import IO, Any, Callable, NoReturn, TypeVar
+
+import click
+
+from pinrank_client import __version__, schema
+from pinrank_client.client import DEFAULT_TIMEOUT_S, DEFAULT_URL, RankingClient
+from pinrank_client.errors import (
+    InvalidRequestError,
+    ModelNotReadyError,
+    PinrankError,
+    RequestTimeoutError,
+    ServerError,
+    ServerUnavailableError,
+)
+from pinrank_client.types import RankRequest, RankResponse
+
+EXIT_OK = 0
+EXIT_SERVER_ERROR = 1
+EXIT_INVALID = 2
+EXIT_UNAVAILABLE = 3
+EXIT_TIMEOUT = 4
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _exit_code(exc: PinrankError) -> int:
+    if isinstance(exc, InvalidRequestError):
+        return EXIT_INVALID
+    if isinstance(exc, (ServerUnavailableError, ModelNotReadyError)):
+        return EXIT_UNAVAILABLE
+    if isinstance(exc, RequestTimeoutError):
+        return EXIT_TIMEOUT
+    return EXIT_SERVER_ERROR
+
+
+_KIND = {
+    InvalidRequestError: "invalid request",
+    ModelNotReadyError: "model not ready",
+    ServerError: "server error",
+}
+
+
+def _describe(exc: PinrankError) -> str:
+    # Unavailable/timeout messages already name the server; the others get a
+    # category so "boom" reads as the server's failure, not the CLI's.
+    for cls, kind in _KIND.items():
+        if isinstance(exc, cls):
+            return f"{kind}: {exc}"
+    return str(exc)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """Runs click in non-standalone mode so that every error, click's usage
+    errors included, is reported the same way: one line, a known exit code."""
+
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            rv = super().main(args, prog_name or "pinrank-client", complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            _fail(exc.format_message() + hint, EXIT_INVALID)
+        except click.FileError as exc:
+            _fail(exc.format_message(), EXIT_INVALID)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code)
+        except click.exceptions.Abort:
+            _fail("interrupted", 130)
+        except PinrankError as exc:
+            _fail(_describe(exc), _exit_code(exc))
+        except ValueError as exc:  # bad --url and other argument checks
+            _fail(str(exc), EXIT_INVALID)
+        except Exception as exc:  # a bug here; still no traceback for the user
+            _fail(f"unexpected {type(exc).__name__}: {exc}", EXIT_SERVER_ERROR)
+        code = rv if isinstance(rv, int) else EXIT_OK
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _server_options(f: F) -> F:
+    options = [
+        click.option(
+            "--url",
+            envvar="PINRANK_URL",
+            default=DEFAULT_URL,
+            show_default=True,
+            help="Server: grpc://HOST:8001, http://HOST:8000, or HOST:PORT (gRPC unless --protocol http). "
+            "Env: PINRANK_URL.",
+        ),
+        click.option("--protocol", type=click.Choice(["grpc", "http"]), help="Protocol, if the URL has no scheme."),
+        click.option(
+            "--timeout",
+            "timeout_s",
+            type=click.FloatRange(min=0, min_open=True),
+            default=DEFAULT_TIMEOUT_S,
+            show_default=True,
+            help="Seconds to wait for each attempt.",
+        ),
+        click.option(
+            "--retries",
+            type=click.IntRange(min=0),
+            default=2,
+            show_default=True,
+            help="Extra attempts while the server is unreachable.",
+        ),
+        click.option("--model", "model_name", default=schema.ENSEMBLE_MODEL, show_default=True, help="Model to call."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _client(url: str, protocol: str | None, timeout_s: float, retries: int, model_name: str) -> RankingClient:
+    try:
+        return RankingClient(url, protocol, timeout_s=timeout_s, retries=retries, model_name=model_name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--url'") from None
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+@click.group(cls=_Group, name="pinrank-client", context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pinrank-client")
+def main() -> None:
+    """Query the pinrank ranking service (the `pinrank` ensemble on Triton).
+
+    \b
+    Exit codes:
+      0  success
+      1  the server failed (or its interface differs from the schema)
+      2  invalid input (bad flags, bad request file, request rejected)
+      3  server unreachable, or the model is not loaded
+      4  timed out
+    """
+
+
+# --- rank ---------------------------------------------------------------------
+
+
+def _parse_candidates(text: str) -> list[int]:
+    ids = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            ids.append(int(part))
+        except ValueError:
+            raise InvalidRequestError(f"--candidates: {part!r} is not an integer item id") from None
+    return ids
+
+
+def _parse_action(text: str) -> dict[str, Any]:
+    parts = text.split(":")
+    if len(parts) not in (3, 4):
+        raise InvalidRequestError(
+            f"--action {text!r}: expected ITEM:TYPE:TS_MS[:SURFACE], e.g. 7:save:1718000000000:home"
+        )
+    try:
+        item, ts = int(parts[0]), int(parts[2])
+    except ValueError:
+        raise InvalidRequestError(f"--action {text!r}: ITEM and TS_MS must be integers") from None
+    action: dict[str, Any] = {"item_id": item, "action": parts[1], "ts_ms": ts}
+    if len(parts) == 4:
+        action["surface"] = parts[3]
+    return action
+
+
+def _load_request_file(handle: IO[str]) -> dict[str, Any]:
+    try:
+        data = json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(f"--request-file {handle.name}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError(f"--request-file {handle.name}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _print_ranking(response: RankResponse, request: RankRequest, url: str) -> None:
+    heads = "".join(f"  {h:>8}" for h in schema.HEADS)
+    click.echo(f"{'rank':>4}  {'item_id':>12}  {'utility':>9}{heads}")
+    for i, item in enumerate(response.items, 1):
+        probs = "".join(f"  {item.head_probs[h]:>8.4f}" for h in schema.HEADS)
+        utility = item.utility + 0.0  # prints -0.0 as 0.0
+        click.echo(f"{i:>4}  {item.item_id:>12}  {utility:>9.4f}{probs}")
+    version = f" v{response.model_version}" if response.model_version else ""
+    click.echo(
+        f"{len(response)} of {request.num_candidates} candidates ranked by {response.model_name}{version} "
+        f"at {url} in {response.latency_ms:.2f} ms"
+    )
+
+
+_REQUEST_FILE_HELP = """JSON request file ('-' reads stdin); flags override its fields."""
+
+
+@main.command()
+@_server_options
+@click.option("--user-id", type=int, help="User to rank for.")
+@click.option("--candidates", metavar="ID,ID,...", help="Candidate item ids, comma-separated.")
+@click.option(
+    "--action",
+    "actions",
+    multiple=True,
+    metavar="ITEM:TYPE:TS_MS[:SURFACE]",
+    help=f"A recent action (repeatable). TYPE: {', '.join(schema.ACTIONS)} or id; "
+    f"SURFACE: {', '.join(schema.SURFACES)} or id (0 = unknown).",
+)
+@click.option("--top-k", type=int, help=f"Items to return (server default {schema.DEFAULT_TOP_K}).")
+@click.option("--request-ts-ms", type=int, help="Request time, unix ms (default: now).")
+@click.option("--request-file", type=click.File("r"), help=_REQUEST_FILE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the response as JSON.")
+def rank(
+    url: str,
+    protocol: str | None,
+    timeout_s: float,
+    retries: int,
+    model_name: str,
+    user_id: int | None,
+    candidates: str | None,
+    actions: tuple[str, ...],
+    top_k: int | None,
+    request_ts_ms: int | None,
+    request_file: IO[str] | None,
+    as_json: bool,
+) -> int:
+    """Rank candidate items for one user.
+
+    \b
+    Examples:
+      pinrank-client rank --user-id 42 --candidates 101,102,103 \\
+          --action 7:save:1718000000000:home --action 9:click:1718000050000 --top-k 2
+      pinrank-client rank --url http://localhost:8000 --request-file req.json --json
+
+    \b
+    Request file (JSON; request_ts_ms defaults to now, top_k to the server's):
+      {"user_id": 42,
+       "candidate_ids": [101, 102, 103],
+       "actions": [{"item_id": 7, "action": "save",
+                    "ts_ms": 1718000000000, "surface": "home"}],
+       "request_ts_ms": 1718000060000,
+       "top_k": 10}
+    The history may instead be given as parallel columns: "action_item_ids",
+    "action_types", "action_ts_ms" and optional "action_surfaces" (types and
+    surfaces as names or ids).
+    """
+    data = _load_request_file(request_file) if request_file is not None else {}
+    if user_id is not None:
+        data["user_id"] = user_id
+    if candidates is not None:
+        data["candidate_ids"] = _parse_candidates(candidates)
+    if actions:
+        for column in ("action_item_ids", "action_types", "action_surfaces", "action_ts_ms"):
+            data.pop(column, None)
+        data["actions"] = [_parse_action(a) for a in actions]
+    if top_k is not None:
+        data["top_k"] = top_k
+    if request_ts_ms is not None:
+        data["request_ts_ms"] = request_ts_ms
+    if "user_id" not in data or "candidate_ids" not in data:
+        raise InvalidRequestError("give --user-id and --candidates (or a --request-file holding them)")
+    request = RankRequest.from_dict(data)
+    with _client(url, protocol, timeout_s, retries, model_name) as client:
+        response = client.rank_request(request)
+        if as_json:
+            _echo_json(response.to_dict())
+        else:
+            _print_ranking(response, request, client.url)
+    return EXIT_OK
+
+
+# --- health -------------------------------------------------------------------
+
+
+@main.command()
+@_server_options
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def health(url: str, protocol: str | None, timeout_s: float, retries: int, model_name: str, as_json: bool) -> int:
+    """Exit 0 if the server is up and the model ready, else 3."""
+    with _client(url, protocol, timeout_s, retries, model_name) as client:
+        status = client.health()
+    if as_json:
+        _echo_json(dataclasses.asdict(status))
+    if status.error is not None:
+        _fail(status.error, EXIT_UNAVAILABLE)
+    if not as_json:
+        yes = {True: "yes", False: "no"}
+        click.echo(f"server        {status.url}")
+        click.echo(f"live          {yes[status.live]}")
+        click.echo(f"server ready  {yes[status.server_ready]}  (every model in the repository loaded)")
+        click.echo(f"model ready   {yes[status.model_ready]}  ({model_name})")
+    if not status.model_ready:
+        _fail(f"model {model_name!r} is not ready at {status.url}", EXIT_UNAVAILABLE)
+    return EXIT_OK
+
+
+# --- models -------------------------------------------------------------------
+
+
+@main.command()
+@_server_options
+@click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON.")
+def models(url: str, protocol: str | None, timeout_s: float, retries: int, model_name: str, as_json: bool) -> int:
+    """List the server's models and check the ranking model's interface
+    against this SDK's schema (exit 1 if they differ, 3 if it is not loaded)."""
+    with _client(url, protocol, timeout_s, retries, model_name) as client:
+        index = client.list_models()
+        metadata: dict[str, Any] | None = None
+        not_ready: str | None = None
+        try:
+            metadata = client.model_metadata()
+        except ModelNotReadyError as exc:
+            not_ready = str(exc)
+    problems = [] if metadata is None else _contract(metadata)
+    if as_json:
+        _echo_json({"models": index, "model": metadata, "contract_problems": problems, "model_error": not_ready})
+    else:
+        width = max([len(m["name"]) for m in index] + [5])
+        click.echo(f"{'model':<{width}}  {'version':>7}  {'state':<12}  reason")
+        for m in index:
+            reason = m["reason"].strip().splitlines()[0] if m["reason"].strip() else ""
+            click.echo(f"{m['name']:<{width}}  {m['version']:>7}  {m['state']:<12}  {reason}")
+        if metadata is not None and not problems:
+            click.echo(
+                f"contract: {model_name} matches schema v{schema.SCHEMA_VERSION} "
+                f"({len(metadata['inputs'])} inputs, {len(metadata['outputs'])} outputs)"
+            )
+        for problem in problems:
+            click.echo(f"contract: {problem}")
+    if not_ready is not None:
+        _fail(f"model not ready: {not_ready}", EXIT_UNAVAILABLE)
+    if problems:
+        _fail(
+            f"{model_name} differs from schema v{schema.SCHEMA_VERSION} ({len(problems)} problem(s))", EXIT_SERVER_ERROR
+        )
+    return EXIT_OK
+
+
+def _contract(metadata: dict[str, Any]) -> list[str]:
+    from pinrank_client._triton import contract_mismatches
+
+    return contract_mismatches(metadata)

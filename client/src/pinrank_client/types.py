@@ -1,0 +1,443 @@
+"""Typed requests and responses, converted to and from the schema's tensors.
+
+Requests are validated when they are built, with the same validator the
+server's preprocessing runs, so a bad request fails in the caller's stack
+frame with the message the server would have sent, without a round trip.
+Action histories are stored column-wise (ActionHistory) because that is the
+wire format: a load test can hand numpy arrays straight through.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping, Sequence, overload
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from pinrank_client import schema, validation
+from pinrank_client.errors import InvalidRequestError, ServerError
+
+IntArray = NDArray[np.int64]
+
+__all__ = ["Action", "ActionHistory", "RankRequest", "RankedItem", "RankResponse", "now_ms"]
+
+# Tensor names this module fills; tests check they are exactly the schema's
+# REQUEST_INPUTS / RESPONSE_OUTPUTS, so a contract change cannot slip past.
+_ACTION_COLUMNS = ("action_item_ids", "action_types", "action_surfaces", "action_ts_ms")
+_INPUT_SPECS = {s.name: s for s in schema.REQUEST_INPUTS}
+_OUTPUT_SPECS = {s.name: s for s in schema.RESPONSE_OUTPUTS}
+_ACTION_NAMES = {i: name for name, i in schema.ACTION_IDS.items()}
+_SURFACE_NAMES = {i: name for name, i in schema.SURFACE_IDS.items()}
+
+
+def now_ms() -> int:
+    """The current unix time in milliseconds (the request_ts_ms default)."""
+    return time.time_ns() // 1_000_000
+
+
+def _int(name: str, value: object) -> int:
+    # bool is an int subclass, but True as a user id is always a mistake.
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise InvalidRequestError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _vocab_id(kind: str, value: object, vocab: Mapping[str, int], pad_ok: bool) -> int:
+    """A name from `vocab` or an integer id (also as a digit string, as the CLI sends)."""
+    if isinstance(value, str):
+        key = value.strip().lower()
+        if key in vocab:
+            return vocab[key]
+        if key.isdigit():
+            return int(key)
+        extra = " (or 0 = unknown)" if pad_ok else ""
+        raise InvalidRequestError(f"unknown {kind} {value!r}; valid {kind}s are {', '.join(vocab)}{extra}")
+    return _int(kind, value)
+
+
+def _int_vector(name: str, values: ArrayLike) -> IntArray:
+    """A read-only int64 copy of `values` (copied so callers may reuse their buffer)."""
+    try:
+        arr = np.asarray(values)
+    except (OverflowError, ValueError) as exc:
+        raise InvalidRequestError(f"{name} must be a 1-D list of integers: {exc}") from None
+    if arr.ndim != 1:
+        raise InvalidRequestError(f"{name} must be 1-D, got shape {tuple(arr.shape)}")
+    # [] parses as float64: empty is fine here, the validator judges emptiness.
+    if arr.dtype.kind not in "iu" and arr.size:
+        raise InvalidRequestError(f"{name} must hold integers, got dtype {arr.dtype}")
+    out = np.array(arr, dtype=np.int64)
+    out.setflags(write=False)
+    return out
+
+
+def _vocab_vector(name: str, kind: str, values: ArrayLike, vocab: Mapping[str, int], pad_ok: bool) -> IntArray:
+    arr = np.asarray(values)
+    if arr.dtype.kind in "OUS":  # names, or a mix of names and ids (numpy makes those strings)
+        if arr.ndim != 1:
+            raise InvalidRequestError(f"{name} must be 1-D, got shape {tuple(arr.shape)}")
+        arr = np.fromiter((_vocab_id(kind, v, vocab, pad_ok) for v in arr.tolist()), np.int64, arr.shape[0])
+    return _int_vector(name, arr)
+
+
+@dataclass(frozen=True, init=False)
+class Action:
+    """One thing the user did, newest or oldest first (the server sorts).
+
+    `action` and `surface` take schema names ("save", "home") or ids; they are
+    stored as ids. surface 0 means unknown.
+    """
+
+    item_id: int
+    action: int
+    ts_ms: int
+    surface: int = 0
+
+    def __init__(self, item_id: int, action: str | int, ts_ms: int, surface: str | int = 0) -> None:
+        object.__setattr__(self, "item_id", _int("action item_id", item_id))
+        object.__setattr__(self, "action", _vocab_id("action", action, schema.ACTION_IDS, pad_ok=False))
+        object.__setattr__(self, "ts_ms", _int("action ts_ms", ts_ms))
+        object.__setattr__(self, "surface", _vocab_id("surface", surface, schema.SURFACE_IDS, pad_ok=True))
+
+    @property
+    def action_name(self) -> str | None:
+        return _ACTION_NAMES.get(self.action)
+
+    @property
+    def surface_name(self) -> str | None:
+        return _SURFACE_NAMES.get(self.surface)
+
+
+@dataclass(frozen=True, init=False, eq=False)
+class ActionHistory(Sequence[Action]):
+    """A user's recent actions as four parallel, read-only int64 columns.
+
+    Build it from Action objects (`from_actions`) or straight from columns;
+    `types` and `surfaces` may hold names. It is a Sequence of Action.
+    """
+
+    item_ids: IntArray
+    types: IntArray
+    ts_ms: IntArray
+    surfaces: IntArray
+
+    def __init__(
+        self,
+        item_ids: ArrayLike = (),
+        types: ArrayLike = (),
+        ts_ms: ArrayLike = (),
+        surfaces: ArrayLike | None = None,
+    ) -> None:
+        cols = {
+            "action_item_ids": _int_vector("action_item_ids", item_ids),
+            "action_types": _vocab_vector("action_types", "action", types, schema.ACTION_IDS, pad_ok=False),
+            "action_ts_ms": _int_vector("action_ts_ms", ts_ms),
+        }
+        if surfaces is None:
+            cols["action_surfaces"] = _int_vector("action_surfaces", np.zeros_like(cols["action_item_ids"]))
+        else:
+            cols["action_surfaces"] = _vocab_vector(
+                "action_surfaces", "surface", surfaces, schema.SURFACE_IDS, pad_ok=True
+            )
+        lengths = {name: cols[name].shape[0] for name in _ACTION_COLUMNS}
+        if len(set(lengths.values())) != 1:
+            # Same wording as validate_request, which cannot see this case.
+            raise InvalidRequestError(f"action arrays must have equal lengths, got {lengths}")
+        object.__setattr__(self, "item_ids", cols["action_item_ids"])
+        object.__setattr__(self, "types", cols["action_types"])
+        object.__setattr__(self, "ts_ms", cols["action_ts_ms"])
+        object.__setattr__(self, "surfaces", cols["action_surfaces"])
+
+    @classmethod
+    def from_actions(cls, actions: Iterable[Action]) -> ActionHistory:
+        actions = list(actions)
+        for a in actions:
+            if not isinstance(a, Action):
+                raise InvalidRequestError(f"actions must be Action objects, got {type(a).__name__}")
+        return cls(
+            [a.item_id for a in actions],
+            [a.action for a in actions],
+            [a.ts_ms for a in actions],
+            [a.surface for a in actions],
+        )
+
+    def to_arrays(self) -> dict[str, IntArray]:
+        """The history's request tensors, keyed by tensor name."""
+        return {
+            "action_item_ids": self.item_ids,
+            "action_types": self.types,
+            "action_surfaces": self.surfaces,
+            "action_ts_ms": self.ts_ms,
+        }
+
+    def __len__(self) -> int:
+        return int(self.item_ids.shape[0])
+
+    @overload
+    def __getitem__(self, index: int) -> Action: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> ActionHistory: ...
+
+    def __getitem__(self, index: int | slice) -> Action | ActionHistory:
+        if isinstance(index, slice):
+            return ActionHistory(self.item_ids[index], self.types[index], self.ts_ms[index], self.surfaces[index])
+        i = int(index)
+        return Action(int(self.item_ids[i]), int(self.types[i]), int(self.ts_ms[i]), int(self.surfaces[i]))
+
+    def __iter__(self) -> Iterator[Action]:
+        cols = (self.item_ids.tolist(), self.types.tolist(), self.ts_ms.tolist(), self.surfaces.tolist())
+        for item, kind, ts, surface in zip(*cols):
+            yield Action(item, kind, ts, surface)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ActionHistory):
+            return NotImplemented
+        return all(np.array_equal(a, b) for a, b in zip(self.to_arrays().values(), other.to_arrays().values()))
+
+    __hash__ = None  # type: ignore[assignment]  # equality is by content
+
+    def __repr__(self) -> str:
+        return f"ActionHistory(<{len(self)} actions>)"
+
+
+@dataclass(frozen=True, init=False, eq=False)
+class RankRequest:
+    """One user x N candidates, validated against the serving contract on creation.
+
+    `request_ts_ms` defaults to now (fixed at creation, so retries send the
+    same request); `top_k` defaults to the server's DEFAULT_TOP_K.
+    `dataclasses.replace(req, top_k=10)` works and re-validates.
+    """
+
+    user_id: int
+    candidate_ids: IntArray
+    actions: ActionHistory
+    request_ts_ms: int
+    top_k: int | None
+
+    def __init__(
+        self,
+        user_id: int,
+        candidate_ids: ArrayLike,
+        actions: ActionHistory | Iterable[Action] = (),
+        request_ts_ms: int | None = None,
+        top_k: int | None = None,
+    ) -> None:
+        history = actions if isinstance(actions, ActionHistory) else ActionHistory.from_actions(actions)
+        object.__setattr__(self, "user_id", _int("user_id", user_id))
+        object.__setattr__(self, "candidate_ids", _int_vector("candidate_ids", candidate_ids))
+        object.__setattr__(self, "actions", history)
+        object.__setattr__(
+            self, "request_ts_ms", now_ms() if request_ts_ms is None else _int("request_ts_ms", request_ts_ms)
+        )
+        object.__setattr__(self, "top_k", None if top_k is None else _int("top_k", top_k))
+        tensors: dict[str, IntArray] = {
+            "user_id": np.array([self.user_id], dtype=np.int64),
+            "candidate_ids": self.candidate_ids,
+            **history.to_arrays(),
+            "request_ts_ms": np.array([self.request_ts_ms], dtype=np.int64),
+        }
+        if self.top_k is not None:
+            tensors["top_k"] = np.array([self.top_k], dtype=np.int64)
+        try:
+            checked = validation.validate_request(tensors)
+        except validation.InvalidRequestError as exc:
+            raise InvalidRequestError(str(exc)) from None
+        # Cast per the schema, so a dtype change there reaches the wire.
+        object.__setattr__(
+            self, "_arrays", {name: arr.astype(_INPUT_SPECS[name].dtype, copy=False) for name, arr in checked.items()}
+        )
+
+    @classmethod
+    def from_arrays(
+        cls,
+        user_id: int,
+        candidate_ids: ArrayLike,
+        *,
+        action_item_ids: ArrayLike = (),
+        action_types: ArrayLike = (),
+        action_ts_ms: ArrayLike = (),
+        action_surfaces: ArrayLike | None = None,
+        request_ts_ms: int | None = None,
+        top_k: int | None = None,
+    ) -> RankRequest:
+        """Build from parallel arrays (numpy or lists), skipping per-action objects."""
+        history = ActionHistory(action_item_ids, action_types, action_ts_ms, action_surfaces)
+        return cls(user_id, candidate_ids, history, request_ts_ms=request_ts_ms, top_k=top_k)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RankRequest:
+        """Build from a JSON-style mapping (the CLI's --request-file format).
+
+        Keys: user_id, candidate_ids, optional request_ts_ms and top_k, and the
+        history either as `actions` (a list of {item_id, action, ts_ms[, surface]})
+        or as the four columns action_item_ids, action_types, action_ts_ms[,
+        action_surfaces]. Action types and surfaces may be names or ids.
+        """
+        if not isinstance(data, Mapping):
+            raise InvalidRequestError(f"a request must be a JSON object, got {type(data).__name__}")
+        allowed = {"user_id", "candidate_ids", "actions", "request_ts_ms", "top_k", *_ACTION_COLUMNS}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise InvalidRequestError(f"unknown request field(s) {unknown}; expected some of {sorted(allowed)}")
+        for required in ("user_id", "candidate_ids"):
+            if required not in data:
+                raise InvalidRequestError(f"request field {required!r} is missing")
+        columns = [c for c in _ACTION_COLUMNS if c in data]
+        if "actions" in data and columns:
+            raise InvalidRequestError(f"give the history as 'actions' or as columns, not both (got {columns})")
+        history: ActionHistory
+        if columns:
+            history = ActionHistory(
+                data.get("action_item_ids", ()),
+                data.get("action_types", ()),
+                data.get("action_ts_ms", ()),
+                data.get("action_surfaces"),
+            )
+        else:
+            history = ActionHistory.from_actions(
+                _action_from_dict(i, a) for i, a in enumerate(data.get("actions") or ())
+            )
+        return cls(data["user_id"], data["candidate_ids"], history, data.get("request_ts_ms"), data.get("top_k"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping that from_dict reads back (names, not ids)."""
+        out: dict[str, Any] = {
+            "user_id": self.user_id,
+            "candidate_ids": self.candidate_ids.tolist(),
+            "actions": [
+                {
+                    "item_id": a.item_id,
+                    "action": a.action_name or a.action,
+                    "ts_ms": a.ts_ms,
+                    "surface": a.surface_name or a.surface,
+                }
+                for a in self.actions
+            ],
+            "request_ts_ms": self.request_ts_ms,
+        }
+        if self.top_k is not None:
+            out["top_k"] = self.top_k
+        return out
+
+    def to_arrays(self) -> dict[str, IntArray]:
+        """The request's tensors keyed by schema name (read-only arrays; top_k only if set)."""
+        return dict(self._arrays)  # type: ignore[attr-defined]
+
+    @property
+    def num_candidates(self) -> int:
+        return int(self.candidate_ids.shape[0])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RankRequest):
+            return NotImplemented
+        mine, theirs = self.to_arrays(), other.to_arrays()
+        return mine.keys() == theirs.keys() and all(np.array_equal(mine[k], theirs[k]) for k in mine)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"RankRequest(user_id={self.user_id}, candidates={self.num_candidates}, actions={len(self.actions)}, "
+            f"request_ts_ms={self.request_ts_ms}, top_k={self.top_k})"
+        )
+
+
+def _action_from_dict(index: int, raw: object) -> Action:
+    if not isinstance(raw, Mapping):
+        raise InvalidRequestError(f"actions[{index}] must be an object like {{item_id, action, ts_ms, surface}}")
+    unknown = sorted(set(raw) - {"item_id", "action", "ts_ms", "surface"})
+    missing = [k for k in ("item_id", "action", "ts_ms") if k not in raw]
+    if unknown or missing:
+        raise InvalidRequestError(
+            f"actions[{index}]: missing {missing}, unknown {unknown}; expected item_id, action, ts_ms[, surface]"
+        )
+    return Action(raw["item_id"], raw["action"], raw["ts_ms"], raw.get("surface", 0))
+
+
+@dataclass(frozen=True)
+class RankedItem:
+    """One ranked candidate: its utility (the sort key) and each head's probability."""
+
+    item_id: int
+    utility: float
+    head_probs: dict[str, float]
+
+
+@dataclass(frozen=True)
+class RankResponse:
+    """The ranked items, best first, and where/how fast they came from.
+
+    `latency_ms` is the wall time of the inference call(s), retries included,
+    excluding request building and response parsing.
+    """
+
+    items: list[RankedItem]
+    model_name: str
+    model_version: str
+    latency_ms: float
+
+    @classmethod
+    def from_arrays(
+        cls,
+        arrays: Mapping[str, ArrayLike | None],
+        *,
+        model_name: str = schema.ENSEMBLE_MODEL,
+        model_version: str = "",
+        latency_ms: float = 0.0,
+    ) -> RankResponse:
+        """Parse the ensemble's output tensors; raises ServerError if they break the contract."""
+        missing = [name for name in _OUTPUT_SPECS if arrays.get(name) is None]
+        if missing:
+            raise ServerError(f"malformed response: missing output(s) {missing}")
+        ids, scores, probs = (np.asarray(arrays[name]) for name in ("item_ids", "scores", "head_probs"))
+        k = ids.shape[0] if ids.ndim == 1 else -1
+        if k < 0 or scores.shape != (k,) or probs.shape != (k, schema.NUM_HEADS):
+            raise ServerError(
+                "malformed response: expected item_ids [K], scores [K], head_probs "
+                f"[K, {schema.NUM_HEADS}], got {ids.shape}, {scores.shape}, {probs.shape}"
+            )
+        items = [
+            RankedItem(item, utility, dict(zip(schema.HEADS, row)))
+            for item, utility, row in zip(
+                ids.astype(np.int64).tolist(), scores.astype(np.float64).tolist(), probs.astype(np.float64).tolist()
+            )
+        ]
+        return cls(items, model_name, model_version, float(latency_ms))
+
+    @property
+    def item_ids(self) -> list[int]:
+        return [item.item_id for item in self.items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[RankedItem]:
+        return iter(self.items)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what `pinrank-client rank --json` prints)."""
+        return {
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "latency_ms": round(self.latency_ms, 3),
+            "heads": list(schema.HEADS),
+            "items": [
+                {
+                    "rank": i + 1,
+                    "item_id": it.item_id,
+                    "utility": _short(it.utility),
+                    "head_probs": {h: _short(p) for h, p in it.head_probs.items()},
+                }
+                for i, it in enumerate(self.items)
+            ],
+        }
+
+
+def _short(value: float) -> float:
+    # The server computes in float32: print the shortest decimal that maps back
+    # to the same float32 (0.1, not 0.10000000149011612).
+    return float(str(np.float32(value)))

@@ -1,0 +1,248 @@
+"""The CLI: help, input errors, exit codes, output formats (no server)."""
+
+import json
+import socket
+
+import pytest
+from click.testing import CliRunner
+
+from pinrank_client import RankResponse, cli, schema
+from pinrank_client.client import Health
+
+NOW = 1_718_000_000_000
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(cli.main, list(args), input=input)
+
+
+def closed_port():
+    # Bind-then-close yields a port nothing listens on (racy only against strangers).
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one_error_line(result):
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["rank", "--help"], ["health", "--help"], ["models", "--help"]])
+def test_help(args):
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert "Usage: pinrank-client" in result.stdout
+
+
+def test_rank_help_documents_the_request_file_and_vocabularies():
+    out = run("rank", "--help").stdout
+    for needle in ("--request-file", '"candidate_ids"', '"actions"', "ITEM:TYPE:TS_MS[:SURFACE]", *schema.ACTIONS):
+        assert needle in out
+
+
+def test_group_help_lists_exit_codes():
+    out = run("--help").stdout
+    assert "2  invalid input" in out and "3  server unreachable" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--user-id", "1", "--candidates", ""], "candidate_ids is empty"),
+        (["--user-id", "1", "--candidates", "1,x"], "--candidates: 'x' is not an integer"),
+        (["--user-id", "1", "--candidates", ",".join(map(str, range(1001)))], "too many candidates"),
+        (["--user-id", "1", "--candidates", "1", "--action", f"7:like:{NOW}"], "unknown action 'like'"),
+        (["--user-id", "1", "--candidates", "1", "--action", "7:save"], "expected ITEM:TYPE:TS_MS[:SURFACE]"),
+        (["--user-id", "1", "--candidates", "1", "--action", f"7:save:{NOW}:moon"], "unknown surface 'moon'"),
+        (["--user-id", "1", "--candidates", "1", "--action", "7:save:1718000000"], "not unix milliseconds"),
+        (["--user-id", "1", "--candidates", "1", "--top-k", "0"], "top_k must be >= 1"),
+        (["--user-id", "abc", "--candidates", "1"], "Invalid value for '--user-id'"),
+        (["--candidates", "1"], "give --user-id and --candidates"),
+        (["--bogus"], "No such option '--bogus'"),
+        (["--url", "ftp://x", "--user-id", "1", "--candidates", "1"], "unsupported URL scheme 'ftp'"),
+        (["--url", "http://x", "--protocol", "grpc", "--user-id", "1", "--candidates", "1"], "says http but"),
+        (["--request-file", "/nonexistent/req.json"], "No such file"),
+    ],
+)
+def test_rank_input_errors_exit_2_with_one_line(args, message):
+    result = run("rank", "--url", f"localhost:{closed_port()}", *args)
+    assert result.exit_code == 2, result.output
+    assert message in one_error_line(result)
+
+
+def test_bad_request_file_contents(tmp_path):
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text('{"user_id": 1, "candidate_ids": [1,')
+    result = run("rank", "--request-file", str(bad_json))
+    assert result.exit_code == 2 and "not valid JSON" in one_error_line(result)
+    typo = tmp_path / "typo.json"
+    typo.write_text(json.dumps({"user_id": 1, "candidate_ids": [1], "actons": []}))
+    result = run("rank", "--request-file", str(typo))
+    assert result.exit_code == 2 and "unknown request field(s) ['actons']" in one_error_line(result)
+    result = run("rank", "--request-file", "-", input="[1, 2]")
+    assert result.exit_code == 2 and "expected a JSON object" in one_error_line(result)
+
+
+def test_health_with_nothing_listening_exits_3():
+    port = closed_port()
+    result = run("health", "--url", f"localhost:{port}", "--retries", "0", "--timeout", "2")
+    assert result.exit_code == 3, result.output
+    line = one_error_line(result)
+    assert f"grpc://localhost:{port} is unavailable" in line
+    assert result.stdout == ""
+
+
+def test_health_json_with_nothing_listening():
+    port = closed_port()
+    result = run("health", "--url", f"http://127.0.0.1:{port}", "--json", "--timeout", "2")
+    assert result.exit_code == 3
+    status = json.loads(result.stdout)
+    assert status["live"] is False and status["url"] == f"http://127.0.0.1:{port}"
+    assert "Connection refused" in status["error"]
+
+
+@pytest.mark.parametrize("command", [["rank", "--user-id", "1", "--candidates", "1,2"], ["models"]])
+@pytest.mark.parametrize("scheme", ["grpc", "http"])
+def test_unreachable_server_exits_3(command, scheme):
+    port = closed_port()
+    result = run(command[0], "--url", f"{scheme}://127.0.0.1:{port}", "--retries", "1", "--timeout", "2", *command[1:])
+    assert result.exit_code == 3, result.output
+    assert "is unavailable" in one_error_line(result)
+
+
+# --- with a fake client ----------------------------------------------------------
+
+
+class FakeClient:
+    """Replaces RankingClient inside the CLI; records the request it got."""
+
+    requests = []
+    health_status = Health("grpc://fake:1", True, True, True)
+
+    def __init__(self, url, protocol=None, **kw):
+        self.url = "grpc://fake:1"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def rank_request(self, request):
+        FakeClient.requests.append(request)
+        k = min(request.top_k or 100, request.num_candidates)
+        return RankResponse.from_arrays(
+            {
+                "item_ids": request.candidate_ids[:k][::-1],
+                "scores": [0.5 - i / 10 for i in range(k)],
+                "head_probs": [[0.1, 0.2, 0.3, 0.4]] * k,
+            },
+            model_name="pinrank",
+            model_version="2",
+            latency_ms=1.25,
+        )
+
+    def health(self):
+        return FakeClient.health_status
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    FakeClient.requests = []
+    monkeypatch.setattr(FakeClient, "health_status", Health("grpc://fake:1", True, True, True))
+    monkeypatch.setattr(cli, "RankingClient", FakeClient)
+    return FakeClient
+
+
+def test_rank_table(fake):
+    result = run(
+        "rank",
+        "--user-id",
+        "42",
+        "--candidates",
+        "101, 102,103",
+        "--action",
+        f"7:save:{NOW}:home",
+        "--action",
+        f"9:2:{NOW + 1}",
+        "--top-k",
+        "2",
+        "--request-ts-ms",
+        str(NOW + 10),
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["rank", "item_id", "utility", *schema.HEADS]
+    assert lines[1].split() == ["1", "102", "0.5000", "0.1000", "0.2000", "0.3000", "0.4000"]
+    assert lines[-1] == "2 of 3 candidates ranked by pinrank v2 at grpc://fake:1 in 1.25 ms"
+    req = fake.requests[0]
+    assert req.user_id == 42 and req.top_k == 2 and req.request_ts_ms == NOW + 10
+    assert [(a.item_id, a.action_name, a.surface_name) for a in req.actions] == [
+        (7, "save", "home"),
+        (9, "closeup", None),
+    ]
+
+
+def test_rank_json_from_request_file_with_flag_override(fake, tmp_path):
+    path = tmp_path / "req.json"
+    path.write_text(
+        json.dumps(
+            {
+                "user_id": 1,
+                "candidate_ids": [5, 6, 7],
+                "request_ts_ms": NOW,
+                "top_k": 3,
+                "actions": [{"item_id": 8, "action": "hide", "ts_ms": NOW - 1, "surface": "search"}],
+            }
+        )
+    )
+    result = run("rank", "--request-file", str(path), "--top-k", "1", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["items"] == [
+        {"rank": 1, "item_id": 5, "utility": 0.5, "head_probs": dict(zip(schema.HEADS, [0.1, 0.2, 0.3, 0.4]))}
+    ]
+    assert out["model_version"] == "2" and out["latency_ms"] == 1.25
+    assert fake.requests[0].top_k == 1 and fake.requests[0].actions[0].action_name == "hide"
+
+
+def test_health_ok_and_model_not_ready(fake):
+    result = run("health")
+    assert result.exit_code == 0 and "model ready   yes" in result.stdout
+    fake.health_status = Health("grpc://fake:1", True, False, False)
+    result = run("health")
+    assert result.exit_code == 3
+    assert "model 'pinrank' is not ready" in one_error_line(result)
+
+
+def test_server_errors_and_bugs_exit_1_without_traceback(fake, monkeypatch):
+    from pinrank_client import ServerError
+
+    def boom(self, request):
+        raise ServerError("boom")
+
+    monkeypatch.setattr(FakeClient, "rank_request", boom)
+    result = run("rank", "--user-id", "1", "--candidates", "1")
+    assert result.exit_code == 1 and one_error_line(result) == "error: server error: boom"
+
+    def bug(self, request):
+        raise RuntimeError("oops")
+
+    monkeypatch.setattr(FakeClient, "rank_request", bug)
+    result = run("rank", "--user-id", "1", "--candidates", "1")
+    assert result.exit_code == 1 and one_error_line(result) == "error: unexpected RuntimeError: oops"
+
+
+def test_timeout_exits_4(fake, monkeypatch):
+    from pinrank_client import RequestTimeoutError
+
+    def slow(self, request):
+        raise RequestTimeoutError("no answer from grpc://fake:1 within 0.1 s")
+
+    monkeypatch.setattr(FakeClient, "rank_request", slow)
+    result = run("rank", "--user-id", "1", "--candidates", "1")
+    assert result.exit_code == 4 and "within 0.1 s" in one_error_line(result)
