@@ -100,7 +100,9 @@ def _encode(names: np.ndarray, ids: dict[str, int], what: str, path: Path, allow
     return out
 
 
-def _read_table(path: Path, columns: dict[str, pa.DataType], optional: tuple[str, ...] = ()) -> pa.Table:
+def _read_table(
+    path: Path, columns: dict[str, pa.DataType], optional: tuple[str, ...] = (), nullable: tuple[str, ...] = ()
+) -> pa.Table:
     if not path.exists():
         raise DatasetError(f"{path}: missing (is this a pinrank dataset directory?)")
     try:
@@ -121,7 +123,7 @@ def _read_table(path: Path, columns: dict[str, pa.DataType], optional: tuple[str
                 raise DatasetError(
                     f"{path}: column {name!r} has type {table.schema.field(name).type}, expected {dtype}"
                 ) from exc
-        if name not in optional and table.column(name).null_count:
+        if name not in optional and name not in nullable and table.column(name).null_count:
             raise DatasetError(f"{path}: column {name!r} has {table.column(name).null_count} nulls")
     return table
 
@@ -163,7 +165,8 @@ def load_dataset(path: str | Path) -> Dataset:
     if not np.isfinite(item_emb).all():
         raise DatasetError(f"{emb_path}: holds NaN or inf")
 
-    at = _read_table(root / "actions.parquet", ACTION_COLUMNS, optional=("duration_ms",))
+    # surface is nullable: save_dataset writes surface id 0 (unknown) as null.
+    at = _read_table(root / "actions.parquet", ACTION_COLUMNS, optional=("duration_ms",), nullable=("surface",))
     ap = root / "actions.parquet"
     actions = {
         "user_id": at.column("user_id").to_numpy(),
@@ -184,7 +187,7 @@ def load_dataset(path: str | Path) -> Dataset:
     impressions = None
     ip = root / "impressions.parquet"
     if ip.exists():
-        it = _read_table(ip, IMPRESSION_COLUMNS)
+        it = _read_table(ip, IMPRESSION_COLUMNS, nullable=("surface",))
         impressions = {
             name: it.column(name).to_numpy() for name in ("request_id", "user_id", "item_id", "ts_ms")
         }
@@ -232,6 +235,9 @@ def save_dataset(ds: Dataset, path: str | Path) -> Path:
         for j, h in enumerate(schema.HEADS):
             cols[f"label_{h}"] = pa.array(im["labels"][order, j], pa.int8())
         pq.write_table(pa.table(cols), root / "impressions.parquet")
+    else:
+        # A stale file from an earlier save would be loaded as this dataset's.
+        (root / "impressions.parquet").unlink(missing_ok=True)
     pq.write_table(
         pa.table(
             {"item_id": pa.array(ds.item_ids, pa.int64()), "topic": pa.array(ds.item_topic, pa.int32())}

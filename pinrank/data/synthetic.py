@@ -23,7 +23,7 @@ and seed give the same dataset byte for byte.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ MS_PER_HOUR = 3_600_000
 MS_PER_DAY = 86_400_000
 #: 2026-01-05 00:00 UTC, a Monday.
 DEFAULT_START_MS = 1_767_571_200_000
+#: Every action happens within this long after the request that showed it.
+ACTION_WINDOW_MS = 65_000
 
 # Candidate sources (SyntheticTruth.imp_source).
 SRC_INTEREST, SRC_INTENT, SRC_RELATED, SRC_POPULAR, SRC_RANDOM = range(5)
@@ -77,7 +79,7 @@ class SyntheticConfig:
     seed: int = 0
     start_ms: int = DEFAULT_START_MS
     #: Range of per-user session rates per day (drawn log-uniformly).
-    sessions_per_day: tuple[float, float] = (0.08, 0.6)
+    sessions_per_day: tuple[float, float] = (0.08, 0.55)
     #: Requests per session, inclusive range.
     requests_per_session: tuple[int, int] = (1, 4)
     #: Items shown per request (K).
@@ -158,7 +160,6 @@ class SyntheticTruth:
     imp_interest: np.ndarray  # float32 log(theta * topics), the long-term term
     imp_intent_match: np.ndarray  # bool: item topic == session intent
     imp_affinity: np.ndarray  # float32, noise included
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -260,12 +261,12 @@ def _sessions(cfg: SyntheticConfig, w: _World, rng: np.random.Generator) -> dict
     start = day * MS_PER_DAY + hour * MS_PER_HOUR + rng.integers(0, MS_PER_HOUR, size=n)
     lo, hi = cfg.requests_per_session
     n_req = rng.integers(lo, hi + 1, size=n)
-    # Gaps between a session's requests; every action of a request happens
-    # within 60 s of it (see _actions), so the next request sees them all.
-    gaps = 75 * MS_PER_S + rng.exponential(150 * MS_PER_S, size=(n, hi)).astype(np.int64)
+    # Gaps between a session's requests exceed ACTION_WINDOW_MS, so each
+    # request sees every action of the one before.
+    gaps = ACTION_WINDOW_MS + 10 * MS_PER_S + rng.exponential(150 * MS_PER_S, size=(n, hi)).astype(np.int64)
     gaps[:, 0] = 0
     req_offset = np.cumsum(gaps, axis=1)
-    duration = req_offset[np.arange(n), n_req - 1] + 60 * MS_PER_S
+    duration = req_offset[np.arange(n), n_req - 1] + ACTION_WINDOW_MS
 
     # Push overlapping sessions of one user later (>= 10 min apart):
     # s'_k = max(s_k, s'_{k-1} + g_{k-1}) is a per-user cummax of s_k - C_k,
@@ -325,18 +326,22 @@ def _dedupe(rng: np.random.Generator, cand: np.ndarray, source: np.ndarray, n_it
 
 
 def _action_times(rng: np.random.Generator, a: np.ndarray, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Offsets (ms after the request) and durations; all offsets stay < 60 s."""
+    """Offsets (ms after the request) and durations. Every offset stays under
+    ACTION_WINDOW_MS whatever K, so the next request sees all of them."""
     shape = a.shape
-    view = 1000 + np.arange(shape[1])[None, :] * 3000 + rng.integers(0, 1000, size=shape)
+    spacing = min(3000, 30_000 // shape[1])  # item j is looked at after j * spacing
+    view = 1000 + np.arange(shape[1])[None, :] * spacing + rng.integers(0, 1000, size=shape)
     cu_ts = view + rng.integers(300, 2000, size=shape)
     cu_dur = np.minimum(5000 * np.exp(0.3 * a + rng.normal(0, 0.6, size=shape)), 30_000).astype(np.int64) + 200
     after_cu = cu_ts + cu_dur
     direct = view + rng.integers(300, 2000, size=shape)
     click_ts = np.where(out["closeup"], after_cu + 100, direct)
-    click_dur = np.minimum(15_000 * np.exp(0.4 * a + rng.normal(0, 0.6, size=shape)), 600_000).astype(np.int64) + 500
-    save_ts = np.where(out["closeup"], cu_ts + (cu_dur * rng.uniform(0.2, 0.9, size=shape)).astype(np.int64), direct + 200)
+    click_dur = np.minimum(15_000 * np.exp(0.4 * a + rng.normal(0, 0.6, size=shape)), 600_000)
+    save_ts = np.where(out["closeup"], cu_ts + (cu_dur * rng.uniform(0.2, 0.9, size=shape)).astype(np.int64),
+                       direct + 200)
     hide_ts = view + rng.integers(500, 3000, size=shape)
-    return {"closeup": (cu_ts, cu_dur), "click": (click_ts, click_dur), "save": (save_ts, None), "hide": (hide_ts, None)}
+    return {"closeup": (cu_ts, cu_dur), "click": (click_ts, click_dur.astype(np.int64) + 500),
+            "save": (save_ts, None), "hide": (hide_ts, None)}
 
 
 def _steps(cfg: SyntheticConfig) -> int:
@@ -352,6 +357,8 @@ def _simulate(cfg: SyntheticConfig, bar: tqdm) -> tuple[Dataset, SyntheticTruth]
     bar.update(1)
     ses = _sessions(cfg, w, rng)
     n_ses = ses["user_idx"].shape[0]
+    if n_ses == 0:
+        raise ValueError("SyntheticConfig: the world has no sessions; raise users, days or sessions_per_day")
     bar.update(1)
 
     mix = np.array([_SURFACE_MIX[s] for s in schema.SURFACES])
