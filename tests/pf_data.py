@@ -29,7 +29,8 @@ def make_toy_dataset(num_users: int = 200, num_items: int = 400, num_topics: int
     by_topic = [np.flatnonzero(topic == t) for t in range(num_topics)]
     p_in_topic = [pop[ix] / pop[ix].sum() for ix in by_topic]
 
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("user_id", "item_id", "action", "surface", "ts_ms", "duration_ms")}
+    names = ("user_id", "item_id", "action", "surface", "ts_ms", "duration_ms")
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in names}
     positive = [schema.ACTION_IDS[a] for a in ("click", "closeup", "save", "purchase")]
     for u in range(num_users):
         favs = rng.choice(num_topics, size=2, replace=False)

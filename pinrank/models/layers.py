@@ -6,9 +6,9 @@ checks) and their -inf masks turn fully masked rows into NaN. Everything here
 is `torch.jit.script`-able and exports to ONNX with the TorchScript exporter.
 
 Mask convention (same as PyTorch): a boolean mask is True where attention is
-*blocked*. Blocked scores are filled with a finite MASK_VALUE and their
-probabilities are zeroed after the softmax, so a query whose keys are all
-blocked (an empty history) returns exactly zero instead of NaN.
+*blocked*. Blocked scores get a finite MASK_VALUE (never -inf) and a query
+whose keys are all blocked (an empty history, a padding query) returns
+exactly zero instead of NaN.
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ class MultiHeadAttention(nn.Module):
     `forward(x)` is self-attention; pass `context` for cross-attention (e.g.
     candidates attending to a cached user sequence). `key_padding_mask` is
     [B, Lk]; `attn_mask` is [Lq, Lk] or [B, Lq, Lk]; both True = blocked.
+    A query whose keys are all blocked outputs exactly zero. `dropout` acts
+    on the attention probabilities (training only).
     """
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.0, context_dim: Optional[int] = None) -> None:
@@ -81,6 +83,7 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(kv_in, dim)
         self.v_proj = nn.Linear(kv_in, dim)
         self.out_proj = nn.Linear(dim, dim)
+        self.dropout_p = float(dropout)
         self.dropout = nn.Dropout(dropout)
         self.mask_value = MASK_VALUE  # TorchScript cannot read module-level floats
 
@@ -96,10 +99,11 @@ class MultiHeadAttention(nn.Module):
         attn_mask: Optional[Tensor] = None,
     ) -> Tensor:
         kv = x if context is None else context
-        q = self._split(self.q_proj(x))
+        # Scaling q (not the [B, h, Lq, Lk] scores) saves a full pass over the scores.
+        q = self._split(self.q_proj(x) * self.scale)
         k = self._split(self.k_proj(kv))
         v = self._split(self.v_proj(kv))
-        scores = torch.matmul(q, k.transpose(-2, -1)) * self.scale  # [B, h, Lq, Lk]
+        scores = torch.matmul(q, k.transpose(-2, -1))  # [B, h, Lq, Lk]
 
         blocked: Optional[Tensor] = None
         if key_padding_mask is not None:
@@ -108,14 +112,19 @@ class MultiHeadAttention(nn.Module):
             am = attn_mask.unsqueeze(0).unsqueeze(0) if attn_mask.dim() == 2 else attn_mask.unsqueeze(1)
             blocked = am if blocked is None else (blocked | am)
         if blocked is not None:
-            scores = scores.masked_fill(blocked, self.mask_value)
+            # The bias is built without the head dim and broadcast: cheaper than
+            # masked_fill on the full scores.
+            bias = torch.zeros(blocked.shape, dtype=scores.dtype, device=scores.device)
+            scores = scores + bias.masked_fill(blocked, self.mask_value)
         probs = torch.softmax(scores, dim=-1)
-        if blocked is not None:
-            # An all-blocked row would otherwise spread uniform weight over padding.
-            probs = probs.masked_fill(blocked, 0.0)
-        probs = self.dropout(probs)
+        if self.training and self.dropout_p > 0.0:
+            probs = self.dropout(probs)
 
-        out = torch.matmul(probs, v).transpose(1, 2)
+        out = torch.matmul(probs, v)  # [B, h, Lq, head_dim]
+        if blocked is not None:
+            # All-blocked rows would otherwise average the (padding) values.
+            out = out * (~blocked.all(dim=-1, keepdim=True)).to(out.dtype)
+        out = out.transpose(1, 2)
         out = out.reshape(out.size(0), out.size(1), self.heads * self.head_dim)
         return self.out_proj(out)
 
@@ -124,12 +133,14 @@ class TransformerBlock(nn.Module):
     """PreNorm block: x + Attn(LN(x)), then x + FFN(LN(x)) (FFN = MLP dim->ffn->dim).
 
     PreNorm (as in PinnerFormer) trains stably without warm-up tricks at depth.
+    `dropout` acts on the residual branches and inside the FFN, `attn_dropout`
+    on the attention probabilities (costly on long sequences, so off by default).
     """
 
-    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float = 0.0, attn_dropout: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = MultiHeadAttention(dim, heads, dropout)
+        self.attn = MultiHeadAttention(dim, heads, attn_dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = MLP([dim, ffn_dim, dim], dropout)
         self.dropout = nn.Dropout(dropout)

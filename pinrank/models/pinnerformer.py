@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from pinrank import schema
+from pinrank.data.dataset import Dataset
 from pinrank.models.layers import MLP, TransformerBlock, l2_normalize, newest_first_causal_mask
 from pinrank.vocab import ItemVocab
 
@@ -60,10 +61,14 @@ class PinnerFormerConfig:
     ffn_mult: int = 4
     out_dim: int = schema.USER_EMB_DIM
     max_len: int = schema.LONG_SEQ_LEN
-    dropout: float = 0.1
+    dropout: float = 0.0
     action_dim: int = 16
     surface_dim: int = 16
     item_hidden: int = 256
+    #: Add a learned per-item embedding to the item tower. PinSage embeddings
+    #: carry engagement (graph) signal; a pure content stand-in does not, and
+    #: without it the tower cannot represent popularity at all.
+    item_id_embedding: bool = True
     #: Paper feature. It tells older positions the newest timestamp in the
     #: window (never any item or action content); False makes every position
     #: strictly independent of newer actions.
@@ -161,6 +166,10 @@ class PinnerFormer(nn.Module):
         self.out_norm = nn.LayerNorm(h)
         self.out_mlp = MLP([h, 4 * h, config.out_dim])
         self.item_mlp = MLP([schema.ITEM_EMB_DIM, config.item_hidden, config.out_dim])
+        self.use_item_id = config.item_id_embedding
+        # Zero-initialised: the tower starts as pure content and learns ids on top.
+        self.item_id_emb = nn.Embedding(self.num_items + 1, config.out_dim if self.use_item_id else 1)
+        nn.init.zeros_(self.item_id_emb.weight)
 
     def encode(self, item_idx: Tensor, action: Tensor, surface: Tensor, duration_ms: Tensor, ts_ms: Tensor) -> Tensor:
         """Hidden states [B, L, H] before the output head (padding = action 0)."""
@@ -192,10 +201,10 @@ class PinnerFormer(nn.Module):
         tokens = tokens * valid.unsqueeze(-1).to(tokens.dtype)
         length = item_idx.size(1)
         x = self.input_proj(tokens) + self.pos_emb[:length].unsqueeze(0)
-        padding = ~valid
-        causal = newest_first_causal_mask(length, x.device)
+        # One [B, L, L] mask for all layers: causal (older-or-self only) or padding key.
+        blocked = newest_first_causal_mask(length, x.device).unsqueeze(0) | (~valid).unsqueeze(1)
         for block in self.blocks:
-            x = block(x, padding, causal)
+            x = block(x, None, blocked)
         return x
 
     def head(self, hidden: Tensor) -> Tensor:
@@ -207,19 +216,26 @@ class PinnerFormer(nn.Module):
         return self.head(self.encode(item_idx, action, surface, duration_ms, ts_ms))
 
     @torch.jit.export
-    def embed_users(self, item_idx: Tensor, action: Tensor, surface: Tensor, duration_ms: Tensor, ts_ms: Tensor) -> Tensor:
+    def embed_users(self, item_idx: Tensor, action: Tensor, surface: Tensor, duration_ms: Tensor,
+                    ts_ms: Tensor) -> Tensor:
         """User embeddings [B, D] (position 0, the newest); the head runs only there."""
         return self.head(self.encode(item_idx, action, surface, duration_ms, ts_ms)[:, 0])
 
     @torch.jit.export
     def encode_items(self, item_idx: Tensor) -> Tensor:
-        """Item tower: unit-norm [..., D] from the frozen content embeddings."""
-        return l2_normalize(self.item_mlp(self.item_table[item_idx]))
+        """Item tower: unit-norm [..., D] from the frozen content embeddings (+ learned id embedding)."""
+        z = self.item_mlp(self.item_table[item_idx])
+        if self.use_item_id:
+            z = z + self.item_id_emb(item_idx)
+        return l2_normalize(z)
 
     @torch.jit.export
     def all_item_embeddings(self) -> Tensor:
         """[num_items + 1, D]; row 0 (OOV) is not a real item, callers exclude it."""
-        return l2_normalize(self.item_mlp(self.item_table))
+        z = self.item_mlp(self.item_table)
+        if self.use_item_id:
+            z = z + self.item_id_emb.weight
+        return l2_normalize(z)
 
 
 def load_pinnerformer(source: str | Path | dict[str, Any]) -> tuple[PinnerFormer, dict[str, Any]]:
@@ -244,7 +260,7 @@ class UserTimelines:
     Row r covers `offsets[r]:offsets[r+1]` of the flat arrays, oldest first.
     """
 
-    def __init__(self, ds, sequence_actions: Sequence[str] = DEFAULT_SEQUENCE_ACTIONS,
+    def __init__(self, ds: Dataset, sequence_actions: Sequence[str] = DEFAULT_SEQUENCE_ACTIONS,
                  before_ms: int | None = None) -> None:
         a = ds.actions
         vocab = ItemVocab(ds.item_ids)
@@ -281,9 +297,13 @@ class UserTimelines:
         return np.where(self.user_ids[pos] == ids, pos, -1).astype(np.int64)
 
     def ends_before(self, rows: np.ndarray, ts_ms: int | np.ndarray) -> np.ndarray:
-        """Per row, the flat index one past its last action with ts < ts_ms."""
+        """Per row, the flat index one past its last action with ts < ts_ms (scalar or per row)."""
         rows = np.asarray(rows, dtype=np.int64)
-        ts = np.broadcast_to(np.asarray(ts_ms, dtype=np.int64), rows.shape)
+        if np.ndim(ts_ms) == 0:
+            # One cut for everyone (the daily job): a cumulative count, no per-row search.
+            before = np.concatenate([[0], np.cumsum(self.ts_ms < int(ts_ms))])
+            return self.offsets[rows] + before[self.offsets[rows + 1]] - before[self.offsets[rows]]
+        ts = np.asarray(ts_ms, dtype=np.int64)
         out = np.empty(rows.size, dtype=np.int64)
         for i, (r, t) in enumerate(zip(rows, ts)):
             lo, hi = self.offsets[r], self.offsets[r + 1]

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from pinrank import schema
 from pinrank.data.dataset import Dataset
+from pinrank.embed import user_embeddings
 from pinrank.models.pinnerformer import (
     PinnerFormer,
     PinnerFormerConfig,
@@ -47,14 +48,14 @@ class PinnerFormerTrainConfig:
     ~2,000-user / 5,000-item / 200k-action dataset.
     """
 
-    steps: int = 300
-    batch_size: int = 64
+    steps: int = 500
+    batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_steps: int = 20
     grad_clip: float = 1.0
     seed: int = 0
-    positions_per_seq: int = 16
+    positions_per_seq: int = 32
     include_newest: bool = True
     future_window_days: float = float(schema.FUTURE_WINDOW_DAYS)
     num_random_negatives: int = 1024
@@ -104,24 +105,6 @@ def train_step(model: PinnerFormer, loss_fn: DenseAllActionLoss, sampler: DenseA
     return loss_fn(user, label, items[: label.numel()], torch.from_numpy(batch.owner), neg, items[label.numel():])
 
 
-@torch.inference_mode()
-def user_embeddings(model: PinnerFormer, timelines: UserTimelines, rows: np.ndarray, as_of_ms: int | np.ndarray,
-                    batch_size: int = 256) -> np.ndarray:
-    """[len(rows), D] embeddings from each row's last max_len actions before as_of_ms."""
-    was_training = model.training
-    model.eval()
-    ends = timelines.ends_before(rows, as_of_ms)
-    out = np.zeros((len(rows), model.config.out_dim), dtype=np.float32)
-    # Similar lengths per batch waste less padding; results do not depend on batching.
-    order = np.argsort(ends - timelines.offsets[rows], kind="stable")
-    for i in range(0, len(order), batch_size):
-        sel = order[i: i + batch_size]
-        inputs = to_tensors(timelines.batch(rows[sel], ends[sel], model.max_len))
-        out[sel] = model.embed_users(**inputs).numpy()
-    model.train(was_training)
-    return out
-
-
 def _recall(top: np.ndarray, truth: list[np.ndarray]) -> float:
     vals = [np.isin(t, top_row).sum() / t.size for top_row, t in zip(top, truth)]
     return float(np.mean(vals)) if vals else float("nan")
@@ -129,7 +112,7 @@ def _recall(top: np.ndarray, truth: list[np.ndarray]) -> float:
 
 @torch.inference_mode()
 def evaluate_recall(model: PinnerFormer, ds: Dataset, k: int = 10, window_days: float = 14.0,
-                    batch_size: int = 256) -> dict[str, float]:
+                    batch_size: int = 64) -> dict[str, float]:
     """Recall@k of the model and of popularity on the eval window (see module docstring)."""
     t0 = ds.train_end_ms
     t1 = t0 + int(window_days * _DAY_MS)
@@ -173,15 +156,28 @@ def evaluate_recall(model: PinnerFormer, ds: Dataset, k: int = 10, window_days: 
     return result
 
 
+def recall_summary(metrics: dict[str, Any]) -> str:
+    """One line: model vs popularity Recall@k from `train_pinnerformer` metrics."""
+    if "eval_recall" not in metrics:
+        return "no evaluation"
+    return (
+        f"Recall@{int(metrics['eval_k'])} on the eval period ({int(metrics['eval_eval_users'])} users): "
+        f"pinnerformer {metrics['eval_recall']:.4f} | popularity {metrics['eval_pop_recall']:.4f} | "
+        f"recent popularity {metrics['eval_recent_pop_recall']:.4f}"
+    )
+
+
 def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfig | None = None,
                        model_cfg: PinnerFormerConfig | None = None, *, resume: bool = False,
                        curve: str | Path | None = None, progress: bool = True,
-                       evaluate: bool = True) -> dict[str, Any]:
+                       evaluate: bool = True, stop_at: int | None = None) -> dict[str, Any]:
     """Train (or resume) and write the checkpoint `out`; return metrics and timing.
 
     With `resume=True` and an existing `out`, the model/train config, weights,
     optimiser, loss state (temperature, count-min sketch), data RNG, step and
     history come from the checkpoint; `cfg.steps` is the new total.
+    `stop_at` ends this run early (checkpointed) at that step, e.g. to split
+    a long run across jobs; the schedule still follows `cfg.steps`.
     """
     out = Path(out)
     cfg = cfg or PinnerFormerTrainConfig()
@@ -200,15 +196,24 @@ def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfi
     loss_fn = DenseAllActionLoss(ds.num_items, cfg.init_temperature, cfg.min_temperature,
                                  cfg.max_in_batch_negatives, cfg.cms_width, cfg.cms_depth, cfg.seed)
     params = list(model.parameters()) + list(loss_fn.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # No weight decay on vectors (biases, norms, phases, the log-temperature):
+    # decay would pull the temperature towards 1 and the norms towards 0.
+    opt = torch.optim.AdamW(
+        [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+        lr=cfg.lr,
+    )
     rng = np.random.default_rng(cfg.seed)
     step, history = 0, {"loss": [], "temperature": [], "batch_acc": [], "lr": []}
+    # Running sums since the last logged point; checkpointed so a split run logs like a straight one.
+    window = {"loss": 0.0, "temperature": 0.0, "batch_acc": 0.0, "n": 0}
     if ckpt is not None:
         model.load_state_dict(ckpt["state_dict"])
         loss_fn.load_state_dict(ckpt["extra"]["loss_state"])
         opt.load_state_dict(ckpt["optimizer"])
         rng.bit_generator.state = ckpt["extra"]["rng_state"]
         step, history = int(ckpt["step"]), ckpt["extra"]["history"]
+        window = dict(ckpt["extra"].get("log_window", window))
 
     sampler = make_sampler(ds, model_cfg, cfg)
 
@@ -217,14 +222,15 @@ def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfi
             out, kind=KIND, model=model, optimizer=opt, step=step,
             config={"model": model_cfg.to_dict(), "train": asdict(cfg), "num_items": ds.num_items},
             extra={"loss_state": loss_fn.state_dict(), "rng_state": rng.bit_generator.state,
-                   "history": history, "item_ids": ds.item_ids.copy(), "dataset_meta": dict(ds.meta)},
+                   "history": history, "log_window": dict(window), "item_ids": ds.item_ids.copy(),
+                   "dataset_meta": dict(ds.meta)},
         )
 
     model.train()
     t_start = time.perf_counter()
-    window = {"loss": 0.0, "temperature": 0.0, "batch_acc": 0.0, "n": 0}
     bar = tqdm(total=cfg.steps, initial=step, desc="pinnerformer", disable=not progress, dynamic_ncols=True)
-    while step < cfg.steps:
+    last = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    while step < last:
         lr = cfg.lr * _lr_factor(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -259,11 +265,7 @@ def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfi
         ev = evaluate_recall(model, ds, cfg.eval_k, cfg.eval_window_days)
         metrics.update({f"eval_{k}": v for k, v in ev.items()})
         if progress:
-            print(
-                f"Recall@{cfg.eval_k} ({cfg.eval_window_days:g}d after train_end, {int(ev['eval_users'])} users): "
-                f"pinnerformer {ev['recall']:.4f} | popularity {ev['pop_recall']:.4f} | "
-                f"recent popularity {ev['recent_pop_recall']:.4f}"
-            )
+            print(recall_summary(metrics))
     if curve is not None:
         plot_curves({k: v for k, v in history.items() if k != "lr"}, curve, f"PinnerFormer ({step} steps)")
     model.eval()
@@ -275,7 +277,7 @@ __all__ = [
     "evaluate_recall",
     "load_pinnerformer",
     "make_sampler",
+    "recall_summary",
     "train_pinnerformer",
     "train_step",
-    "user_embeddings",
 ]

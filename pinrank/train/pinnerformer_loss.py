@@ -121,6 +121,8 @@ class DenseAllActionSampler:
             cols.append(end - 1 - chosen)
             src.append(chosen)
         src_flat = np.concatenate(src)
+        if src_flat.size == 0:  # every window slid past its labelled actions: rare, draw again
+            return self.sample(rng, batch_size)
         lo, hi = self.lo[src_flat], self.hi[src_flat]
         label_flat = lo + np.floor(rng.random(src_flat.size) * (hi - lo)).astype(np.int64)
         row = np.concatenate(b_idx)
