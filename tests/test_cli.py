@@ -1,0 +1,63 @@
+"""The top-level `pinrank` command: help everywhere, one-line errors."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from click.testing import CliRunner
+
+from pinrank.cli import main
+from pinrank.serving.tritonserver import free_ports
+
+COMMANDS = [[], ["data"], ["data", "synth"], ["train"], ["train", "pinnerformer"], ["train", "ranker"],
+            ["embed"], ["export"], ["serve"], ["demo"]]
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a) or "pinrank")
+def test_every_command_has_help(args):
+    result = CliRunner().invoke(main, [*args, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output and "--help" in result.output
+
+
+def run(args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def test_serve_without_repository_says_so(tmp_path):
+    r = run(["serve", "--repository", tmp_path / "missing"])
+    assert r.exit_code != 0 and "does not exist" in r.output and "Traceback" not in r.output
+
+
+def test_serve_on_an_occupied_port_says_so(pipeline):
+    http, grpc, metrics = free_ports(3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", http))
+        s.listen()
+        r = run(["serve", "--repository", pipeline.repository / "cpu", "--http-port", http,
+                 "--grpc-port", grpc, "--metrics-port", metrics])
+    assert r.exit_code != 0 and f"http port {http} already in use" in r.output
+
+
+def test_export_rejects_a_dataset_that_does_not_match(pipeline, tmp_path):
+    other = tmp_path / "other"
+    run(["data", "synth", "--out", other, "--users", 50, "--items", 123, "--days", 10, "--eval-days", 2, "--quiet"])
+    r = run(["export", "--ranker", pipeline.ranker, "--snapshot", pipeline.snapshot, "--data", other,
+             "--out", tmp_path / "repo", "--results", tmp_path / "export.json"])
+    assert r.exit_code != 0 and "trained on" in r.output
+    assert not (tmp_path / "repo" / "cpu").exists()
+
+
+def test_export_rejects_a_wrong_checkpoint_kind(pipeline, tmp_path):
+    r = run(["export", "--ranker", pipeline.pinnerformer, "--snapshot", pipeline.snapshot, "--data", pipeline.data,
+             "--out", tmp_path / "repo", "--results", tmp_path / "export.json"])
+    assert r.exit_code != 0 and "ranker" in r.output and "Traceback" not in r.output
+
+
+def test_malformed_dataset_is_one_clear_line(tmp_path):
+    (tmp_path / "meta.json").write_text("{not json")
+    r = run(["train", "pinnerformer", "--data", tmp_path, "--out", tmp_path / "pf.pt"])
+    assert r.exit_code != 0 and "invalid JSON" in r.output
