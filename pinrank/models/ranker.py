@@ -100,6 +100,13 @@ class Ranker(nn.Module):
         self.use_realtime = config.use_realtime
         self.use_pinnerformer = config.use_pinnerformer
         self.use_context = config.use_context
+        # `user_known` means "in the PinnerFormer snapshot". Without PinnerFormer,
+        # training data has no snapshot (always 0) but serving always does, so
+        # the column is zeroed inside the model to keep the two identical.
+        context_scale = torch.ones(schema.CONTEXT_DIM)
+        if not config.use_pinnerformer:
+            context_scale[schema.CONTEXT_FEATURES.index("user_known")] = 0.0
+        self.register_buffer("context_scale", context_scale, persistent=False)
         self.realtime = RealtimeEncoder(
             config.mode, schema.ITEM_EMB_DIM, config.action_dim, config.num_layers, config.nhead,
             config.ffn_dim, config.dropout, config.first_k, config.use_surface, config.norm_first,
@@ -146,7 +153,8 @@ class Ranker(nn.Module):
         if self.use_pinnerformer:
             parts.append(user_emb.expand(b, user_emb.size(1)) if single else user_emb.index_select(0, req_index))
         if self.use_context:
-            parts.append(context.expand(b, context.size(1)) if single else context.index_select(0, req_index))
+            ctx = context * self.context_scale
+            parts.append(ctx.expand(b, ctx.size(1)) if single else ctx.index_select(0, req_index))
         if self.use_realtime:
             rt = self.realtime(cand, req_index, self.item_lookup(seq_item_idx), seq_action, seq_surface,
                                seq_age_h, mask_window_h)
@@ -173,6 +181,7 @@ class RankerServing(nn.Module):
     def __init__(self, ranker: Ranker) -> None:
         super().__init__()
         self.ranker = ranker
+        self.num_items = ranker.num_items  # rows of the item table (export checks it against the vocab)
         cfg = ranker.config
         self.anchor_user = not cfg.use_pinnerformer
         self.anchor_context = not cfg.use_context

@@ -11,10 +11,14 @@ R = 1 case; training batches hold whole requests.
 - `fused` (request-level dedup): the transformer encodes each request's
   sequence once (R x L tokens); each candidate reads it with one
   cross-attention whose keys/values are computed once per request, plus the
-  sequence's max-pool. Cost is L + N per request instead of N x L.
+  sequence's max-pool and a projection of its first `first_k` tokens (all
+  three computed once per request). Cost is L + N per request, not N x L.
+  Without positional encodings the first-k slots are what tells either
+  layout which actions are the newest.
 
-The random time window (training only) arrives as a tensor argument so forward
-is deterministic and export-friendly; masks use finite negatives so fully
+The random time window (training only) arrives as a tensor argument, one T
+per request (every candidate of a request sees the same masked history, as at
+serving), so forward is deterministic and export-friendly; masks use finite negatives so fully
 masked rows stay finite, and their outputs are zeroed.
 """
 
@@ -105,6 +109,17 @@ def masked_max_pool(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return pooled * keep.any(dim=-1, keepdim=True).to(x.dtype)
 
 
+def _slots_within_request(req_index: torch.Tensor, num_requests: int) -> tuple[torch.Tensor, int]:
+    """Each candidate's position among its request's candidates, and the max count."""
+    b = req_index.size(0)
+    order = torch.argsort(req_index, stable=True)
+    counts = torch.bincount(req_index, minlength=num_requests)
+    starts = torch.cumsum(counts, 0) - counts
+    slot_sorted = torch.arange(b, device=req_index.device) - starts.index_select(0, req_index.index_select(0, order))
+    slot = torch.zeros_like(req_index).index_put((order,), slot_sorted)
+    return slot, (int(counts.max()) if counts.numel() > 0 else 0)
+
+
 class RealtimeEncoder(nn.Module):
     """TransAct encoder over the last L actions, `early` or `fused` (module docstring).
 
@@ -121,7 +136,7 @@ class RealtimeEncoder(nn.Module):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.early = mode == "early"
-        self.first_k = first_k if self.early else 0
+        self.first_k = first_k
         self.use_surface = use_surface
         self.action_emb = nn.Embedding(schema.NUM_ACTION_IDS, action_dim, padding_idx=schema.PAD_ID)
         self.surface_emb = nn.Embedding(schema.NUM_SURFACE_IDS, action_dim, padding_idx=schema.PAD_ID)
@@ -130,14 +145,17 @@ class RealtimeEncoder(nn.Module):
         self.layers = nn.ModuleList(
             [EncoderLayer(self.dim, nhead, ffn_dim, dropout, norm_first) for _ in range(num_layers)]
         )
-        # Cross-attention readout, used by `fused` only. Built in both modes
-        # because TorchScript compiles both branches of forward (~30k params).
+        # Readout layers used by `fused` only. Built in both modes because
+        # TorchScript compiles both branches of forward (~0.1M idle params).
         self.nhead = nhead
         self.head_dim = self.dim // nhead
         self.q_proj = nn.Linear(item_dim, self.dim)
         self.kv_proj = nn.Linear(self.dim, 2 * self.dim)
         self.cross_out = nn.Linear(self.dim, self.dim)
-        self.out_dim = (self.first_k + 1) * self.dim if self.early else 2 * self.dim
+        # fused: the first-k tokens are user-only, so compress them once per
+        # request instead of widening the per-candidate crossing by k x d
+        self.recent_proj = nn.Linear(first_k * self.dim, self.dim)
+        self.out_dim = (self.first_k + 1) * self.dim if self.early else 3 * self.dim
 
     def tokens(self, seq_item_emb: torch.Tensor, seq_action: torch.Tensor,
                seq_surface: torch.Tensor) -> torch.Tensor:
@@ -176,10 +194,14 @@ class RealtimeEncoder(nn.Module):
             keep_b = keep.index_select(0, req_index)
         x = torch.cat([tok_b, cand_emb.unsqueeze(1).expand(b, n, cand_emb.size(1))], dim=-1)
         x = self.encode(x, keep_b)
+        return torch.cat([self._first_k(x), masked_max_pool(x, keep_b)], dim=1)
+
+    def _first_k(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, d] -> [B, first_k * d]: the newest first_k token outputs, flattened."""
         first = x[:, : self.first_k]
-        if n < self.first_k:  # training trims trailing padding; restore the fixed width
-            first = F.pad(first, (0, 0, 0, self.first_k - n))
-        return torch.cat([first.reshape(b, self.first_k * self.dim), masked_max_pool(x, keep_b)], dim=1)
+        if x.size(1) < self.first_k:  # training trims trailing padding; restore the fixed width
+            first = F.pad(first, (0, 0, 0, self.first_k - x.size(1)))
+        return first.reshape(x.size(0), self.first_k * self.dim)
 
     def _fused(self, cand_emb: torch.Tensor, req_index: torch.Tensor, tok: torch.Tensor,
                keep: torch.Tensor) -> torch.Tensor:
@@ -187,7 +209,8 @@ class RealtimeEncoder(nn.Module):
         b = cand_emb.size(0)
         h, hd = self.nhead, self.head_dim
         seq = self.encode(tok, keep)  # [R, L, d]: once per request
-        pooled = masked_max_pool(seq, keep)  # [R, d]
+        # user-only summaries, once per request: [R, 2d]
+        summary = torch.cat([masked_max_pool(seq, keep), self.recent_proj(self._first_k(seq))], dim=1)
         kv = self.kv_proj(seq).reshape(r, n, 2, h, hd).permute(2, 0, 3, 1, 4)  # [2, R, h, L, hd]
         k, v = kv[0], kv[1]
         q = self.q_proj(cand_emb).reshape(b, h, 1, hd) * (1.0 / math.sqrt(hd))
@@ -196,15 +219,20 @@ class RealtimeEncoder(nn.Module):
             scores = scores.masked_fill(~keep[0].reshape(1, 1, n), -1.0e4)
             ctx = torch.matmul(torch.softmax(scores, dim=-1), v[0]).transpose(0, 1).reshape(b, h * hd)
             any_kept = keep.any(dim=1).to(ctx.dtype).expand(b)
-            pooled_b = pooled.expand(b, pooled.size(1))
+            summary_b = summary.expand(b, summary.size(1))
         else:
-            kb = k.index_select(0, req_index)  # [B, h, L, hd]
-            vb = v.index_select(0, req_index)
-            keep_b = keep.index_select(0, req_index)
-            scores = torch.matmul(q, kb.transpose(-1, -2))  # [B, h, 1, L]
-            scores = scores.masked_fill(~keep_b.reshape(b, 1, 1, n), -1.0e4)
-            ctx = torch.matmul(torch.softmax(scores, dim=-1), vb).reshape(b, h * hd)
-            any_kept = keep_b.any(dim=1).to(ctx.dtype)
-            pooled_b = pooled.index_select(0, req_index)
+            # Training: pack each request's candidates into [R, Nmax] slots so
+            # every request's K/V is used in place (gathering K/V per candidate
+            # would cost B x L x d copies forward and scatter-adds backward).
+            slot, nmax = _slots_within_request(req_index, r)
+            q_pad = torch.zeros(r * nmax, h, hd, dtype=q.dtype, device=q.device)
+            q_pad = q_pad.index_put((req_index * nmax + slot,), q.reshape(b, h, hd))
+            q_pad = q_pad.reshape(r, nmax, h, hd).transpose(1, 2)  # [R, h, Nmax, hd]
+            scores = torch.matmul(q_pad, k.transpose(-1, -2))  # [R, h, Nmax, L]
+            scores = scores.masked_fill(~keep.reshape(r, 1, 1, n), -1.0e4)
+            ctx_pad = torch.matmul(torch.softmax(scores, dim=-1), v)  # [R, h, Nmax, hd]
+            ctx = ctx_pad.transpose(1, 2).reshape(r * nmax, h * hd).index_select(0, req_index * nmax + slot)
+            any_kept = keep.any(dim=1).to(ctx.dtype).index_select(0, req_index)
+            summary_b = summary.index_select(0, req_index)
         cross = self.cross_out(ctx) * any_kept.unsqueeze(1)
-        return torch.cat([cross, pooled_b], dim=1)
+        return torch.cat([cross, summary_b], dim=1)

@@ -201,16 +201,15 @@ def request_batches(counts: np.ndarray, batch_size: int, seed: int, epoch: int) 
 
 def _batch_for_step(counts: np.ndarray, cfg: TrainConfig, step: int,
                     cache: dict[int, list[np.ndarray]]) -> np.ndarray:
-    per_epoch = len(_epoch(counts, cfg, 0, cache))
-    epoch, i = divmod(step, per_epoch)
-    return _epoch(counts, cfg, epoch, cache)[i]
-
-
-def _epoch(counts: np.ndarray, cfg: TrainConfig, epoch: int, cache: dict[int, list[np.ndarray]]) -> list[np.ndarray]:
-    if epoch not in cache:
-        cache.clear() if len(cache) > 2 else None
-        cache[epoch] = request_batches(counts, cfg.batch_size, cfg.seed, epoch)
-    return cache[epoch]
+    """The request batch of a global step (epochs may differ by a batch or two)."""
+    epoch = 0
+    while True:
+        if epoch not in cache:
+            cache[epoch] = request_batches(counts, cfg.batch_size, cfg.seed, epoch)
+        if step < len(cache[epoch]):
+            return cache[epoch][step]
+        step -= len(cache[epoch])
+        epoch += 1
 
 
 def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -251,7 +250,7 @@ def train_ranker(train: RankerData, item_emb: np.ndarray, model_cfg: RankerConfi
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     history: dict[str, list[float]] = {"loss": [], "lr": []}
     step = 0
-    elapsed = 0.0
+    prior_seconds = 0.0
     if resume and out is not None and Path(out).exists():
         ckpt = load_checkpoint(out, kind="ranker")
         saved = RankerConfig.from_dict(ckpt["config"]["ranker"])
@@ -262,14 +261,20 @@ def train_ranker(train: RankerData, item_emb: np.ndarray, model_cfg: RankerConfi
             opt.load_state_dict(ckpt["optimizer"])
         step = int(ckpt["step"])
         history = ckpt["extra"].get("history", history)
-        elapsed = float(ckpt["extra"].get("train_seconds", 0.0))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg), last_epoch=step - 1) if step else sched
+        prior_seconds = float(ckpt["extra"].get("train_seconds", 0.0))
+        if ckpt["extra"].get("scheduler"):
+            sched.load_state_dict(ckpt["extra"]["scheduler"])
     weights = torch.from_numpy(cfg.weight_matrix())
     counts = np.diff(train.offsets)
     cache: dict[int, list[np.ndarray]] = {}
     ckpt_extra = dict(extra or {})
 
-    def save(at_step: int, metrics: dict[str, Any] | None = None) -> None:
+    start = time.perf_counter()
+
+    def seconds() -> float:
+        return prior_seconds + time.perf_counter() - start
+
+    def save(at_step: int, metrics: dict[str, Any] | None = None, train_seconds: float | None = None) -> None:
         if out is None:
             return
         save_checkpoint(
@@ -277,11 +282,12 @@ def train_ranker(train: RankerData, item_emb: np.ndarray, model_cfg: RankerConfi
             config={"ranker": model_cfg.to_dict(), "train": asdict(cfg), "num_items": model.num_items,
                     "schema_version": schema.SCHEMA_VERSION, "heads": list(schema.HEADS),
                     "realtime_seq_len": schema.REALTIME_SEQ_LEN},
-            extra={**ckpt_extra, "history": history, "train_seconds": elapsed, "metrics": metrics},
+            extra={**ckpt_extra, "history": history, "metrics": metrics,
+                   "train_seconds": seconds() if train_seconds is None else train_seconds,
+                   "scheduler": sched.state_dict()},
         )
 
     model.train()
-    start = time.perf_counter()
     running: list[float] = []
     bar = tqdm(total=cfg.steps, initial=step, desc=f"ranker[{model_cfg.mode}]", disable=not progress,
                dynamic_ncols=True)
@@ -303,7 +309,7 @@ def train_ranker(train: RankerData, item_emb: np.ndarray, model_cfg: RankerConfi
         opt.step()
         sched.step()
         step += 1
-        running.append(float(loss))
+        running.append(loss.item())
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             history["loss"].append(float(np.mean(running)))
@@ -311,13 +317,13 @@ def train_ranker(train: RankerData, item_emb: np.ndarray, model_cfg: RankerConfi
             bar.set_postfix(loss=f"{history['loss'][-1]:.4f}")
             running = []
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            elapsed_now = elapsed + time.perf_counter() - start
-            elapsed, start = elapsed_now, time.perf_counter()
             save(step)
     bar.close()
-    elapsed += time.perf_counter() - start
-    metrics = evaluate(model, eval_data, seed=cfg.eval_seed) if eval_data is not None and eval_data.num_impressions else None
-    save(step, metrics)
+    elapsed = seconds()
+    metrics = None
+    if eval_data is not None and eval_data.num_impressions:
+        metrics = evaluate(model, eval_data, seed=cfg.eval_seed)
+    save(step, metrics, train_seconds=elapsed)
     if curve is not None:
         plot_curves(history, curve, title=f"ranker ({model_cfg.mode})")
     return TrainResult(model.eval(), history, metrics, elapsed, step)

@@ -1,0 +1,331 @@
+"""Ranker data, metrics, loss, training loop and CLI on small in-memory data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pinrank import schema
+from pinrank.data.dataset import Dataset, save_dataset
+from pinrank.models.ranker import RankerConfig, load_serving_module
+from pinrank.serving.featurize import context_features, featurize_history
+from pinrank.snapshot import UserSnapshot
+from pinrank.train.cli_ranker import train_ranker as train_ranker_cli
+from pinrank.train.common import load_checkpoint
+from pinrank.train.ranker import (
+    TrainConfig,
+    auc,
+    evaluate,
+    hit_at_k,
+    label_weight_matrix,
+    random_hit_at_k,
+    request_batches,
+    train_ranker,
+    weighted_bce,
+)
+from pinrank.train.ranker_data import build_ranker_data, impression_positions
+from pinrank.vocab import ItemVocab
+
+DAY = 86_400_000
+HOUR = 3_600_000
+T0 = 1_767_571_200_000  # 2026-01-05 00:00 UTC
+TOPICS = 4
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def structured_dataset(users: int = 60, requests_per_user: int = 8, days: int = 10, seed: int = 0) -> Dataset:
+    """A world where only the realtime sequence reveals what a request wants.
+
+    Each request has an intent topic; the user acts on 3-4 items of that topic
+    in the minutes before it, and its candidates are saved/clicked/closed-up
+    when on-intent and hidden when on the 'opposite' topic.
+    """
+    rng = np.random.default_rng(seed)
+    n_items = 40
+    item_ids = np.arange(100, 100 + n_items, dtype=np.int64) * 7  # raw ids != indices
+    topic = np.arange(n_items) % TOPICS
+    centroids = rng.normal(size=(TOPICS, schema.ITEM_EMB_DIM)) * 1.5
+    item_emb = (centroids[topic] + 0.3 * rng.normal(size=(n_items, schema.ITEM_EMB_DIM))).astype(np.float32)
+    acts: dict[str, list] = {k: [] for k in ("user_id", "item_id", "action", "surface", "ts_ms")}
+    imps: dict[str, list] = {k: [] for k in ("request_id", "user_id", "item_id", "ts_ms", "surface", "labels")}
+    rid = 0
+    for u in range(users):
+        times = np.sort(rng.uniform(0.5, days, size=requests_per_user)) * DAY
+        for t in times.astype(np.int64) + T0:
+            intent = rng.integers(TOPICS)
+            on = np.flatnonzero(topic == intent)
+            k = rng.integers(3, 5)
+            for j in range(k):
+                acts["user_id"].append(u)
+                acts["item_id"].append(item_ids[rng.choice(on)])
+                acts["action"].append(rng.choice([1, 2, 3]))
+                acts["surface"].append(rng.integers(1, schema.NUM_SURFACE_IDS))
+                acts["ts_ms"].append(int(t) - (k - j) * 60_000)
+            # a tie in time: two actions at the same ms
+            acts["user_id"] += [u, u]
+            acts["item_id"] += [item_ids[rng.integers(n_items)], item_ids[rng.integers(n_items)]]
+            acts["action"] += [2, 4]
+            acts["surface"] += [1, 2]
+            acts["ts_ms"] += [int(t) - 3 * HOUR, int(t) - 3 * HOUR]
+            for c in rng.choice(n_items, size=6, replace=False):
+                good = topic[c] == intent
+                bad = topic[c] == (intent + 2) % TOPICS
+                imps["request_id"].append(rid)
+                imps["user_id"].append(u)
+                imps["item_id"].append(item_ids[c])
+                imps["ts_ms"].append(int(t))
+                imps["surface"].append(1)
+                labels = [good and rng.random() < 0.7, good, good or rng.random() < 0.1, bad and rng.random() < 0.6]
+                imps["labels"].append(labels)
+            rid += 1
+    a = {k: np.asarray(v, dtype=np.int64) for k, v in acts.items()}
+    order = np.lexsort((a["ts_ms"], a["user_id"]))
+    actions = {k: v[order] for k, v in a.items()}
+    actions["duration_ms"] = np.full(order.size, -1, dtype=np.int64)
+    impressions = {k: np.asarray(v, dtype=np.int64) for k, v in imps.items() if k != "labels"}
+    impressions["labels"] = np.asarray(imps["labels"], dtype=np.int8)
+    meta = {"source": "test", "start_ms": T0, "end_ms": T0 + days * DAY, "train_end_ms": T0 + int(0.75 * days) * DAY}
+    return Dataset(actions, item_ids, topic.astype(np.int32), item_emb, meta, impressions)
+
+
+def random_snapshot(user_ids, as_of_ms: int, seed: int) -> UserSnapshot:
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(len(user_ids), schema.USER_EMB_DIM)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    cold = np.full(schema.USER_EMB_DIM, float(seed), np.float32)
+    return UserSnapshot(np.asarray(user_ids, np.int64), emb, cold, {"as_of_ms": as_of_ms})
+
+
+@pytest.fixture(scope="module")
+def ds() -> Dataset:
+    return structured_dataset()
+
+
+# --- data ----------------------------------------------------------------------
+
+
+def test_featurization_equals_serving_featurize(ds: Dataset):
+    snaps = [random_snapshot(np.arange(0, 60, 2), T0 + 2 * DAY, 1), random_snapshot(np.arange(30), T0 + 5 * DAY, 2)]
+    data = build_ranker_data(ds, snaps)
+    vocab = ItemVocab(ds.item_ids)
+    a = ds.actions
+    rng = np.random.default_rng(0)
+    for r in rng.choice(data.num_requests, size=25, replace=False):
+        user, ts = data.user_id[r], data.ts_ms[r]
+        rows = np.flatnonzero((a["user_id"] == user) & (a["ts_ms"] < ts))
+        want = featurize_history(vocab.lookup(a["item_id"][rows]), a["action"][rows], a["surface"][rows],
+                                 a["ts_ms"][rows], int(ts))
+        for key, value in want.items():
+            np.testing.assert_array_equal(getattr(data, key)[r], value, err_msg=key)
+        assert data.history_len[r] == rows.size
+        day = ts // DAY * DAY
+        snap = None if day < T0 + 2 * DAY else snaps[0] if day < T0 + 5 * DAY else snaps[1]
+        if snap is None:  # before the first snapshot: everyone is cold
+            np.testing.assert_array_equal(data.user_emb[r], snaps[0].cold_start)
+            assert not data.user_known[r]
+        else:
+            emb, known = snap.lookup(np.asarray([user]))
+            np.testing.assert_array_equal(data.user_emb[r], emb[0])
+            assert data.user_known[r] == known[0]
+        np.testing.assert_array_equal(data.context[r], context_features(int(ts), rows.size, bool(data.user_known[r])))
+        imp = np.flatnonzero(ds.impressions["request_id"] == data.request_id[r])
+        got = slice(data.offsets[r], data.offsets[r + 1])
+        np.testing.assert_array_equal(np.sort(data.cand_idx[got]), np.sort(vocab.lookup(ds.impressions["item_id"][imp])))
+    assert data.user_known.any() and not data.user_known.all()
+
+
+def test_no_snapshots_means_zero_unknown_and_split_is_by_time(ds: Dataset):
+    data = build_ranker_data(ds, None)
+    assert data.num_impressions == ds.impressions["item_id"].size
+    assert not data.user_emb.any() and not data.user_known.any()
+    train, ev = data.split(ds.train_end_ms)
+    assert train.num_requests + ev.num_requests == data.num_requests
+    assert train.ts_ms.max() < ds.train_end_ms <= ev.ts_ms.min()
+    assert train.num_impressions + ev.num_impressions == data.num_impressions
+    np.testing.assert_array_equal(np.diff(ev.offsets), np.bincount(ev.req_index))
+
+
+def test_impression_positions_and_batches_cover_each_request_once():
+    offsets = np.array([0, 2, 2, 5, 6])
+    np.testing.assert_array_equal(impression_positions(offsets, np.array([2, 0, 1])), [2, 3, 4, 0, 1])
+    counts = np.random.default_rng(0).integers(1, 9, size=200)
+    batches = request_batches(counts, 50, seed=3, epoch=1)
+    np.testing.assert_array_equal(np.sort(np.concatenate(batches)), np.arange(200))
+    sizes = [counts[b].sum() for b in batches]
+    # cut where the running total crosses each multiple of 50: off by < one request
+    assert all(abs(int(n) - 50) < counts.max() for n in sizes[:-1])
+    assert [b.tolist() for b in batches] == [b.tolist() for b in request_batches(counts, 50, seed=3, epoch=1)]
+
+
+# --- metrics and loss ----------------------------------------------------------
+
+
+def test_auc_hand_examples():
+    assert auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert auc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
+    assert auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
+    assert auc([0, 1, 1, 0], [0.1, 0.4, 0.35, 0.8]) == 0.5  # 2 of 4 pairs ordered
+    assert math.isnan(auc([1, 1], [0.1, 0.2]))
+
+
+def test_hit_at_3_hand_examples():
+    req = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2])
+    y = np.array([0, 0, 0, 0, 1,  1, 0, 0, 0, 0,  0, 0, 0, 0, 0])
+    s = np.array([.9, .8, .7, .6, .5, .1, .9, .8, .7, .6, .9, .1, .1, .1, .1])
+    # request 0: positive ranked 5th (miss); request 1: ranked 5th (miss); 2: no positive, not counted
+    assert hit_at_k(req, y, s, k=3) == (0.0, 2)
+    s2 = s.copy()
+    s2[4] = 0.95  # request 0's positive now first
+    assert hit_at_k(req, y, s2, k=3) == (0.5, 2)
+    assert hit_at_k(req, y, s2, k=5) == (1.0, 2)
+    # all-equal scores: the seeded shuffle decides, deterministically
+    flat = np.zeros(15)
+    assert hit_at_k(req, y, flat, seed=1) == hit_at_k(req, y, flat, seed=1)
+    rates = [hit_at_k(req, y, flat, seed=sd)[0] for sd in range(200)]
+    assert 0.45 < np.mean(rates) < 0.75  # random ranking: 3/5 = 0.6 per eligible request
+    assert random_hit_at_k(req, y, k=3) == pytest.approx(0.6)
+    assert random_hit_at_k(np.array([0] * 6), np.array([1, 0, 0, 0, 0, 0]), 3) == pytest.approx(0.5)
+
+
+def test_label_weights_upweight_save_and_click_on_hide():
+    m = label_weight_matrix()
+    save, click, closeup, hide = (schema.HEADS.index(h) for h in ("save", "click", "closeup", "hide"))
+    assert m[save, hide] > 0 and m[click, hide] > 0 and m[closeup, hide] == 0 and m[hide, hide] == 0
+    logits = torch.zeros(2, schema.NUM_HEADS)
+    hidden = torch.zeros(2, schema.NUM_HEADS)
+    hidden[0, hide] = 1.0
+    per_row = [weighted_bce(logits[i:i + 1], hidden[i:i + 1], torch.from_numpy(m)).item() for i in range(2)]
+    ln2 = math.log(2.0)
+    assert per_row[1] == pytest.approx(4 * ln2)
+    assert per_row[0] == pytest.approx((4 + m[save, hide] + m[click, hide]) * ln2)
+    with pytest.raises(ValueError, match="unknown head"):
+        label_weight_matrix({("repin", "hide"): 2.0})
+
+
+# --- training ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_loss_decreases_and_model_beats_chance(ds: Dataset, tmp_path):
+    train, ev = build_ranker_data(ds, None).split(ds.train_end_ms)
+    cfg = TrainConfig(steps=120, batch_size=96, lr=3e-3, warmup_steps=10, log_every=10)
+    res = train_ranker(train, ds.item_emb, RankerConfig(mode="fused", use_pinnerformer=False), cfg,
+                       out=tmp_path / "r.pt", eval_data=ev, curve=tmp_path / "c.png", progress=False)
+    loss = res.history["loss"]
+    assert np.mean(loss[-3:]) < 0.8 * np.mean(loss[:2])
+    for head in ("save", "click", "hide"):
+        assert res.metrics[head]["auc"] > 0.6, res.metrics
+    assert res.metrics["click"]["hit@3"] > res.metrics["click"]["hit@3_random"]
+    assert (tmp_path / "c.png").stat().st_size > 0
+    ckpt = load_checkpoint(tmp_path / "r.pt", kind="ranker")
+    assert ckpt["step"] == 120 and ckpt["config"]["num_items"] == ds.num_items and ckpt["extra"]["metrics"]
+    again = evaluate(res.model, ev)
+    assert again["save"]["auc"] == pytest.approx(res.metrics["save"]["auc"])
+
+
+@pytest.mark.parametrize("mode", ["early", "fused"])
+def test_resume_replays_the_same_run(ds: Dataset, tmp_path, mode: str):
+    train, _ = build_ranker_data(ds, None).split(ds.train_end_ms)
+    model_cfg = RankerConfig(mode=mode, use_pinnerformer=False)
+    straight = train_ranker(train, ds.item_emb, model_cfg, TrainConfig(steps=4, batch_size=48, warmup_steps=2),
+                            out=tmp_path / "a.pt", progress=False)
+    train_ranker(train, ds.item_emb, model_cfg, TrainConfig(steps=2, batch_size=48, warmup_steps=2),
+                 out=tmp_path / "b.pt", progress=False)
+    # same run continued: steps=4 in the config it resumes with
+    resumed = train_ranker(train, ds.item_emb, model_cfg, TrainConfig(steps=4, batch_size=48, warmup_steps=2),
+                           out=tmp_path / "b.pt", resume=True, progress=False)
+    assert resumed.step == 4
+    for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(p, q, msg=name, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="architecture"):
+        train_ranker(train, ds.item_emb, RankerConfig(mode=mode, use_pinnerformer=True),
+                     TrainConfig(steps=5), out=tmp_path / "b.pt", resume=True, progress=False)
+
+
+# --- CLI -----------------------------------------------------------------------
+
+
+def test_cli_trains_evaluates_and_resumes(ds: Dataset, tmp_path):
+    data = save_dataset(ds, tmp_path / "data")
+    out = tmp_path / "ranker.pt"
+    runner = CliRunner()
+    args = ["--data", str(data), "--no-pinnerformer", "--out", str(out), "--steps", "3", "--batch-size", "64",
+            "--no-progress", "--curve", str(tmp_path / "curve.png")]
+    res = runner.invoke(train_ranker_cli, args)
+    assert res.exit_code == 0, res.output
+    assert "HIT@3" in res.output and "save" in res.output
+    assert (tmp_path / "ranker.metrics.json").exists() and (tmp_path / "curve.png").exists()
+    serving = load_serving_module(out)
+    assert serving.num_items == ds.num_items
+    ckpt = load_checkpoint(out, kind="ranker")
+    np.testing.assert_array_equal(ckpt["extra"]["item_ids"], ds.item_ids)
+    res = runner.invoke(train_ranker_cli, args[:-2] + ["--resume"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(train_ranker_cli, [a if a != "3" else "5" for a in args] + ["--resume"])
+    assert res.exit_code == 0 and load_checkpoint(out, kind="ranker")["step"] == 5
+
+
+def test_cli_snapshots_dir_and_errors(ds: Dataset, tmp_path):
+    data = save_dataset(ds, tmp_path / "data")
+    snaps = tmp_path / "snaps"
+    random_snapshot(np.arange(60), T0 + DAY, 3).save(snaps / "2026-01-06")
+    runner = CliRunner()
+    base = ["--data", str(data), "--out", str(tmp_path / "r.pt"), "--steps", "2", "--no-progress"]
+    res = runner.invoke(train_ranker_cli, base + ["--snapshots-dir", str(snaps)])
+    assert res.exit_code == 0, res.output
+    assert "known users" in res.output
+    for extra, message in [
+        ([], "--no-pinnerformer"),
+        (["--no-pinnerformer", "--snapshots-dir", str(snaps)], "cannot be combined"),
+        (["--snapshots-dir", str(tmp_path / "missing")], "no such snapshot directory"),
+        (["--snapshots-dir", str(tmp_path / "data")], "no snapshots"),
+    ]:
+        res = runner.invoke(train_ranker_cli, base + extra)
+        assert res.exit_code != 0 and message in res.output, (extra, res.output)
+        assert "Traceback" not in res.output
+
+
+def test_cli_builds_daily_snapshots_from_pinnerformer(ds: Dataset, tmp_path, monkeypatch):
+    import pinrank.embed
+
+    calls = []
+
+    def fake_build(source, dataset, start_ms, end_ms):
+        calls.append((source, start_ms, end_ms))
+        days = range(int(start_ms) // DAY * DAY, int(end_ms), DAY)
+        return [random_snapshot(np.arange(60), d, i) for i, d in enumerate(days)]
+
+    monkeypatch.setattr(pinrank.embed, "build_daily_snapshots", fake_build)
+    data = save_dataset(ds, tmp_path / "data")
+    pf = tmp_path / "pf.pt"
+    pf.write_bytes(b"stub")  # only its path travels to build_daily_snapshots
+    res = CliRunner().invoke(train_ranker_cli, [
+        "--data", str(data), "--pinnerformer", str(pf), "--snapshots-dir", str(tmp_path / "snaps"),
+        "--out", str(tmp_path / "r.pt"), "--steps", "2", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert calls == [(pf, T0, T0 + 10 * DAY)]
+    saved = sorted(p.name for p in (tmp_path / "snaps").iterdir())
+    assert len(saved) == 10 and saved[0] == "2026-01-05"
+    ckpt = load_checkpoint(tmp_path / "r.pt", kind="ranker")
+    assert ckpt["config"]["ranker"]["use_pinnerformer"] and ckpt["extra"]["snapshots"] == 10
+
+
+def test_step_schedule_walks_epochs_of_different_lengths():
+    from pinrank.train.ranker import _batch_for_step
+
+    counts = np.random.default_rng(1).integers(1, 30, size=97)
+    cfg = TrainConfig(batch_size=64)
+    cache: dict = {}
+    lengths = [len(request_batches(counts, 64, cfg.seed, e)) for e in range(6)]
+    seen = [_batch_for_step(counts, cfg, s, cache) for s in range(sum(lengths))]
+    epochs = np.cumsum([0] + lengths)
+    for e in range(6):
+        np.testing.assert_array_equal(np.sort(np.concatenate(seen[epochs[e]:epochs[e + 1]])), np.arange(97))
