@@ -23,6 +23,18 @@ class Pipeline:
     export_report: Path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Test models are tiny: extra threads gain nothing, and on a 2-core box
+    OpenMP threads spin against each other (a 10x slowdown was seen)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def run_cli(args: list[str]) -> str:
     """Run `pinrank ARGS` in-process; fail the test with its output on error."""
     from pinrank.cli import main

@@ -25,16 +25,6 @@ from pinrank.train.common import file_sha256, save_checkpoint
 from pinrank.train.pinnerformer import PinnerFormerTrainConfig, train_pinnerformer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny models gain nothing from more threads, and on a busy 2-core box
-    # OpenMP threads spin against each other (a 10x slowdown was seen).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def toy():
     return make_toy_dataset(num_users=80, num_items=150, actions_per_user=30, days=20, train_days=14, seed=7)

@@ -23,16 +23,6 @@ T0 = 1_767_571_200_000
 HOUR = 3_600_000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny models gain nothing from more threads, and on a busy 2-core box
-    # OpenMP threads spin against each other (a 10x slowdown was seen).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small_cfg(**over) -> PinnerFormerConfig:
     return PinnerFormerConfig(**{"num_layers": 2, "hidden": 32, "heads": 4, "max_len": 16, "item_hidden": 32, **over})
 

@@ -27,16 +27,6 @@ FAST = PinnerFormerTrainConfig(steps=6, batch_size=16, positions_per_seq=8, num_
                                log_every=2, checkpoint_every=1000, warmup_steps=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny models gain nothing from more threads, and on a busy 2-core box
-    # OpenMP threads spin against each other (a 10x slowdown was seen).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def toy() -> Dataset:
     return make_toy_dataset(num_users=120, num_items=200, actions_per_user=30, seed=4)
