@@ -11,6 +11,7 @@ import click
 
 from pinrank.models.pinnerformer import PinnerFormerConfig
 from pinrank.train.pinnerformer import PinnerFormerTrainConfig
+from pinrank.train.pinnerformer_loss import NEGATIVES, OBJECTIVES
 
 _DEFAULT_TRAIN = PinnerFormerTrainConfig()
 _DEFAULT_MODEL = PinnerFormerConfig()
@@ -48,6 +49,11 @@ def _set_threads(threads: int | None) -> None:
 @click.option("--window-days", type=click.FloatRange(min=0, min_open=True),
               default=_DEFAULT_TRAIN.future_window_days, show_default=True,
               help="Future window K (days) a position's label is drawn from.")
+@click.option("--objective", type=click.Choice(OBJECTIVES), default=_DEFAULT_TRAIN.objective, show_default=True,
+              help="Training objective (ablation): which positions predict which positives.")
+@click.option("--negatives", type=click.Choice(NEGATIVES), default=_DEFAULT_TRAIN.negatives, show_default=True,
+              help="Negatives of the sampled softmax: in-batch + random, in-batch only, or random only.")
+@click.option("--no-logq", is_flag=True, help="Do not subtract log Q (sampling-probability correction).")
 @click.option("--layers", type=click.IntRange(min=1), default=_DEFAULT_MODEL.num_layers, show_default=True)
 @click.option("--hidden", type=click.IntRange(min=8), default=_DEFAULT_MODEL.hidden, show_default=True)
 @click.option("--heads", type=click.IntRange(min=1), default=_DEFAULT_MODEL.heads, show_default=True)
@@ -61,7 +67,7 @@ def _set_threads(threads: int | None) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train_pinnerformer(data: Path, out: Path, steps: int, batch_size: int, positions: int, lr: float,
-                       window_days: float, layers: int, hidden: int, heads: int, seed: int, resume: bool,
+                       window_days: float, objective: str, negatives: str, no_logq: bool, layers: int, hidden: int, heads: int, seed: int, resume: bool,
                        curve: Path | None, metrics_path: Path | None, no_eval: bool, threads: int | None,
                        progress: bool) -> None:
     """Train the PinnerFormer user tower with the dense all-action loss.
@@ -76,7 +82,8 @@ def train_pinnerformer(data: Path, out: Path, steps: int, batch_size: int, posit
     _set_threads(threads)
     ds = _load_data(data)
     cfg = replace(_DEFAULT_TRAIN, steps=steps, batch_size=batch_size, positions_per_seq=positions, lr=lr,
-                  future_window_days=window_days, seed=seed)
+                  future_window_days=window_days, seed=seed, objective=objective, negatives=negatives,
+                  logq=not no_logq)
     try:
         model_cfg = replace(_DEFAULT_MODEL, num_layers=layers, hidden=hidden, heads=heads)
         metrics = train(ds, out, cfg, model_cfg, resume=resume, curve=curve, progress=progress,

@@ -68,6 +68,10 @@ class PinnerFormerTrainConfig:
     eval_k: int = 10
     log_every: int = 10
     checkpoint_every: int = 100
+    # Ablation switches (see pinnerformer_loss): training objective, negative mix, logQ correction.
+    objective: str = "dense_all_action"
+    negatives: str = "mixed"
+    logq: bool = True
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PinnerFormerTrainConfig":
@@ -80,7 +84,7 @@ def make_sampler(ds: Dataset, model_cfg: PinnerFormerConfig, cfg: PinnerFormerTr
     seq = UserTimelines(ds, model_cfg.sequence_actions, before_ms=ds.train_end_ms)
     pos = UserTimelines(ds, schema.POSITIVE_ACTIONS, before_ms=ds.train_end_ms)
     return DenseAllActionSampler(seq, pos, cfg.future_window_days, model_cfg.max_len,
-                                 cfg.positions_per_seq, cfg.include_newest)
+                                 cfg.positions_per_seq, cfg.include_newest, cfg.objective)
 
 
 def _lr_factor(step: int, cfg: PinnerFormerTrainConfig) -> float:
@@ -100,9 +104,28 @@ def train_step(model: PinnerFormer, loss_fn: DenseAllActionLoss, sampler: DenseA
     row, col = torch.from_numpy(batch.row), torch.from_numpy(batch.col)
     user = model.head(hidden[row, col])  # the head runs only at sampled positions
     label = torch.from_numpy(batch.label)
-    neg = torch.from_numpy(rng.integers(1, model.num_items + 1, size=cfg.num_random_negatives))
+    n_random = 0 if loss_fn.negatives == "in_batch" else cfg.num_random_negatives
+    neg = torch.from_numpy(rng.integers(1, model.num_items + 1, size=n_random))
     items = model.encode_items(torch.cat([label, neg]))
     return loss_fn(user, label, items[: label.numel()], torch.from_numpy(batch.owner), neg, items[label.numel():])
+
+
+def eval_targets(ds: Dataset, sequence_actions: Any, window_days: float) -> tuple[UserTimelines, list[int], list[np.ndarray]]:
+    """History timelines (before train_end_ms), the evaluated history rows and each one's
+    distinct positive items in [train_end, train_end + window_days)."""
+    t0 = ds.train_end_ms
+    t1 = t0 + int(window_days * _DAY_MS)
+    hist = UserTimelines(ds, sequence_actions, before_ms=t0)
+    pos = UserTimelines(ds, schema.POSITIVE_ACTIONS)
+    rows = hist.rows_of(pos.user_ids)
+    truth, users = [], []
+    for prow, hrow in enumerate(rows):
+        lo, hi = pos.offsets[prow], pos.offsets[prow + 1]
+        sel = (pos.ts_ms[lo:hi] >= t0) & (pos.ts_ms[lo:hi] < t1)
+        if hrow >= 0 and sel.any():
+            truth.append(np.unique(pos.item_idx[lo:hi][sel]))
+            users.append(int(hrow))
+    return hist, users, truth
 
 
 def _recall(top: np.ndarray, truth: list[np.ndarray]) -> float:
@@ -115,19 +138,8 @@ def evaluate_recall(model: PinnerFormer, ds: Dataset, k: int = 10, window_days: 
                     batch_size: int = 64) -> dict[str, float]:
     """Recall@k of the model and of popularity on the eval window (see module docstring)."""
     t0 = ds.train_end_ms
-    t1 = t0 + int(window_days * _DAY_MS)
-    hist = UserTimelines(ds, model.config.sequence_actions, before_ms=t0)
-    pos = UserTimelines(ds, schema.POSITIVE_ACTIONS)
+    hist, users, truth = eval_targets(ds, model.config.sequence_actions, window_days)
     train_pos = UserTimelines(ds, schema.POSITIVE_ACTIONS, before_ms=t0)
-
-    rows = hist.rows_of(pos.user_ids)
-    truth, users = [], []
-    for prow, hrow in enumerate(rows):
-        lo, hi = pos.offsets[prow], pos.offsets[prow + 1]
-        sel = (pos.ts_ms[lo:hi] >= t0) & (pos.ts_ms[lo:hi] < t1)
-        if hrow >= 0 and sel.any():
-            truth.append(np.unique(pos.item_idx[lo:hi][sel]))
-            users.append(hrow)
     result: dict[str, float] = {"eval_users": float(len(users)), "k": float(k)}
     if not users:
         return {**result, "recall": float("nan"), "pop_recall": float("nan"), "recent_pop_recall": float("nan")}
@@ -194,7 +206,8 @@ def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfi
 
     model = PinnerFormer(model_cfg, ds.item_emb)
     loss_fn = DenseAllActionLoss(ds.num_items, cfg.init_temperature, cfg.min_temperature,
-                                 cfg.max_in_batch_negatives, cfg.cms_width, cfg.cms_depth, cfg.seed)
+                                 cfg.max_in_batch_negatives, cfg.cms_width, cfg.cms_depth, cfg.seed,
+                                 negatives=cfg.negatives, logq=cfg.logq)
     params = list(model.parameters()) + list(loss_fn.parameters())
     # No weight decay on vectors (biases, norms, phases, the log-temperature):
     # decay would pull the temperature towards 1 and the norms towards 0.
@@ -274,6 +287,7 @@ def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfi
 
 __all__ = [
     "PinnerFormerTrainConfig",
+    "eval_targets",
     "evaluate_recall",
     "load_pinnerformer",
     "make_sampler",

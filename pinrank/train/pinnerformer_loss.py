@@ -12,6 +12,17 @@ negatives = in-batch positives of other users (the user's own are masked) +
 uniform random items, and every logit corrected by -log Q(v), Q(v) = the
 expected number of times v appears among the candidates, estimated from a
 count-min sketch of label frequencies (logQ / sampling-probability correction).
+
+Ablation variants (PinnerFormer §4 / Table 2): the sampler's `objective`
+decides which (position, label) pairs are emitted, the loss's `negatives` and
+`logq` which candidates are scored and whether logQ is subtracted:
+
+- "dense_all_action" (default): as above.
+- "all_action": only the newest position e_1 of each window, predicting up to
+  `positions_per_seq` distinct positives drawn from its future window.
+- "sasrec": every labelled position of the window predicts its NEXT positive
+  (the first positive strictly later in time, before the cut; no K-day limit).
+- "next_action": only e_1, predicting its next positive.
 """
 
 from __future__ import annotations
@@ -26,6 +37,8 @@ from torch import Tensor, nn
 from pinrank.models.pinnerformer import UserTimelines
 
 _DAY_MS = 86_400_000
+OBJECTIVES = ("dense_all_action", "all_action", "sasrec", "next_action")
+NEGATIVES = ("mixed", "in_batch", "random")
 
 
 @dataclass
@@ -50,16 +63,31 @@ class DenseBatch:
 
 
 class DenseAllActionSampler:
-    """Samples windows, positions and future-window labels on the fly (seeded rng in, no global state)."""
+    """Samples windows, positions and labels on the fly (seeded rng in, no global state).
+
+    `objective` (see the module docstring) picks the (position, label) pairs;
+    for "all_action" / "next_action" every window ends right after a labelled
+    action so that its newest position e_1 has a label.
+    """
 
     def __init__(self, seq: UserTimelines, positives: UserTimelines, window_days: float, max_len: int,
-                 positions_per_seq: int = 16, include_newest: bool = True) -> None:
+                 positions_per_seq: int = 16, include_newest: bool = True,
+                 objective: str = "dense_all_action") -> None:
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self.objective = objective
+        self.newest_only = objective in ("all_action", "next_action")
+        self.next_label = objective in ("sasrec", "next_action")
         self.seq, self.pos = seq, positives
         self.window_ms = int(round(window_days * _DAY_MS))
         self.max_len = max_len
         self.positions_per_seq = positions_per_seq
         self.include_newest = include_newest
         self.lo, self.hi = self._future_ranges()
+        if self.next_label:
+            # Next positive = lo; a position is labelled if any later positive exists before the cut.
+            prow = np.repeat(positives.rows_of(seq.user_ids), seq.lengths)
+            self.hi = np.where(prow >= 0, positives.offsets[prow + 1], 0).astype(np.int64)
         labelled = self.hi > self.lo
         # A row is usable if any of its actions has a future positive; its
         # windows may end anywhere after the first such action.
@@ -104,14 +132,29 @@ class DenseAllActionSampler:
         rows = self.rows[rng.integers(0, self.rows.size, size=batch_size)]
         ends = np.empty(batch_size, dtype=np.int64)
         b_idx, cols, src = [], [], []
+        all_action_labels: list[np.ndarray] = []
         for b, r in enumerate(rows):
-            # Window end (exclusive) uniform over cuts that keep >= 1 labelled action.
-            end = int(rng.integers(self.first_labelled[r] + 1, seq.offsets[r + 1] + 1))
+            if self.newest_only:
+                # Window end (exclusive) right after a uniformly chosen labelled action: e_1 is labelled.
+                lab = int(seq.offsets[r]) + np.flatnonzero(self.labelled[seq.offsets[r]: seq.offsets[r + 1]])
+                end = int(lab[rng.integers(0, lab.size)]) + 1
+            else:
+                # Window end (exclusive) uniform over cuts that keep >= 1 labelled action.
+                end = int(rng.integers(self.first_labelled[r] + 1, seq.offsets[r + 1] + 1))
             ends[b] = end
             start = max(int(seq.offsets[r]), end - self.max_len)
             cand = start + np.flatnonzero(self.labelled[start:end])
             k = min(self.positions_per_seq, cand.size)
-            if self.include_newest and self.labelled[end - 1]:
+            if self.newest_only:
+                chosen = np.array([end - 1])
+                if self.objective == "all_action":  # up to K distinct future positives for e_1
+                    lo, hi = int(self.lo[end - 1]), int(self.hi[end - 1])
+                    drawn = lo + rng.choice(hi - lo, size=min(self.positions_per_seq, hi - lo), replace=False)
+                    all_action_labels.append(drawn.astype(np.int64))
+                    chosen = np.repeat(chosen, drawn.size)
+            elif self.objective == "sasrec":
+                chosen = cand  # every labelled position
+            elif self.include_newest and self.labelled[end - 1]:
                 others = cand[cand != end - 1]
                 chosen = np.concatenate([[end - 1], rng.choice(others, size=min(k - 1, others.size), replace=False)])
             else:
@@ -124,7 +167,12 @@ class DenseAllActionSampler:
         if src_flat.size == 0:  # every window slid past its labelled actions: rare, draw again
             return self.sample(rng, batch_size)
         lo, hi = self.lo[src_flat], self.hi[src_flat]
-        label_flat = lo + np.floor(rng.random(src_flat.size) * (hi - lo)).astype(np.int64)
+        if self.next_label:
+            label_flat = lo.copy()
+        elif self.objective == "all_action":
+            label_flat = np.concatenate(all_action_labels)
+        else:
+            label_flat = lo + np.floor(rng.random(src_flat.size) * (hi - lo)).astype(np.int64)
         row = np.concatenate(b_idx)
         return DenseBatch(
             inputs=seq.batch(rows, ends, self.max_len),
@@ -170,11 +218,20 @@ class CountMinSketch(nn.Module):
 
 
 class DenseAllActionLoss(nn.Module):
-    """Sampled softmax over [positive | in-batch | random] with learned temperature and logQ."""
+    """Sampled softmax over [positive | in-batch | random] with learned temperature and logQ.
+
+    `negatives`: "mixed" (in-batch + random), "in_batch" (random ones ignored)
+    or "random" (no in-batch ones); `logq=False` drops the -log Q correction.
+    """
 
     def __init__(self, num_items: int, init_temperature: float = 0.07, min_temperature: float = 0.01,
-                 max_in_batch: int = 5000, cms_width: int = 1 << 16, cms_depth: int = 4, seed: int = 0) -> None:
+                 max_in_batch: int = 5000, cms_width: int = 1 << 16, cms_depth: int = 4, seed: int = 0,
+                 negatives: str = "mixed", logq: bool = True) -> None:
         super().__init__()
+        if negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
+        self.negatives = negatives
+        self.logq = logq
         self.num_items = num_items
         self.min_temperature = min_temperature
         self.max_in_batch = max_in_batch
@@ -189,10 +246,14 @@ class DenseAllActionLoss(nn.Module):
                 neg: Tensor, neg_emb: Tensor) -> tuple[Tensor, dict[str, float]]:
         """user/label_emb [R, D] unit-norm, label/owner [R], neg [N], neg_emb [N, D]."""
         self.sketch.update(label)
-        n_in = min(label.size(0), self.max_in_batch)
+        n_in = 0 if self.negatives == "random" else min(label.size(0), self.max_in_batch)
+        if self.negatives == "in_batch":
+            neg, neg_emb = neg[:0], neg_emb[:0]
         inb, inb_emb, inb_owner = label[:n_in], label_emb[:n_in], owner[:n_in]
 
         def log_q(items: Tensor) -> Tensor:
+            if not self.logq:
+                return torch.zeros(items.shape, device=items.device)
             # Expected appearances among the candidates: in-batch draws follow
             # the label distribution, random draws are uniform over the catalogue.
             expected = n_in * self.sketch.frequency(items) + neg.size(0) / self.num_items
@@ -212,4 +273,5 @@ class DenseAllActionLoss(nn.Module):
         loss = F.cross_entropy(logits, target)
         with torch.no_grad():
             acc = (logits.argmax(dim=1) == 0).float().mean().item()
-        return loss, {"temperature": float(tau.detach()), "batch_acc": acc}
+        return loss, {"temperature": float(tau.detach()), "batch_acc": acc,
+                      "num_candidates": float(logits.size(1) - 1)}

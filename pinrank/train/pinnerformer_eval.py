@@ -1,0 +1,146 @@
+"""Offline retrieval metrics for PinnerFormer ablations (PinnerFormer paper §4.1).
+
+All item indices are the model's 1-based ones (0 = OOV, never retrieved); item
+index i is dataset row i - 1 (ds.item_ids / ds.item_topic / ds.item_emb).
+
+- Recall@k: |top-k ∩ eval-window positives| / |positives| (distinct items),
+  averaged over users (same definition and users as `evaluate_recall`).
+- P90 coverage@k: count how often each item appears in all users' top-k
+  lists; the smallest fraction of the catalogue whose items account for 90%
+  of those appearances (low = retrieval concentrated on few items).
+- Interest entropy@k: Shannon entropy (nats) of the topic distribution of a
+  user's top-k items, averaged over users (high = diverse retrieval).
+
+Baselines: popularity (the k most frequent train-period positives, the same
+list for everyone) and history-mean (the mean of the frozen content
+embeddings of the user's history before train_end_ms, cosine against every
+item's content embedding).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from pinrank import schema
+from pinrank.data.dataset import Dataset
+from pinrank.embed import user_embeddings
+from pinrank.models.pinnerformer import PinnerFormer, UserTimelines
+from pinrank.train.pinnerformer import _recall, eval_targets
+
+
+def recall_at_k(top: np.ndarray, truth: list[np.ndarray]) -> float:
+    """Mean over users of |top[u] ∩ truth[u]| / |truth[u]| (truth = distinct items)."""
+    return _recall(top, truth)
+
+
+def p90_coverage(top: np.ndarray, num_items: int, q: float = 0.9) -> float:
+    """Smallest fraction of the `num_items` catalogue covering a share q of all appearances in `top`."""
+    counts = np.bincount(np.asarray(top).ravel())
+    counts = np.sort(counts[counts > 0])[::-1]
+    if counts.size == 0:
+        return float("nan")
+    needed = math.ceil(q * counts.sum() - 1e-9)
+    n = int(np.searchsorted(np.cumsum(counts), needed, side="left")) + 1
+    return n / num_items
+
+
+def interest_entropy(top: np.ndarray, topic_of: np.ndarray) -> float:
+    """Mean over rows of the entropy (nats) of the topics `topic_of[top[u]]` (topic ids >= 0)."""
+    topics = np.asarray(topic_of)[np.asarray(top)]
+    vals = []
+    for row in topics:
+        p = np.bincount(row) / row.size
+        p = p[p > 0]
+        vals.append(float(-(p * np.log(p)).sum()))
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def top_k(user_emb: np.ndarray | torch.Tensor, item_emb: np.ndarray | torch.Tensor, k: int,
+          chunk: int = 1024) -> np.ndarray:
+    """[U, k] item indices by dot product; item row 0 (OOV) is never returned."""
+    users = torch.as_tensor(user_emb, dtype=torch.float32)
+    items = torch.as_tensor(item_emb, dtype=torch.float32)
+    out = []
+    for i in range(0, users.size(0), chunk):
+        scores = users[i: i + chunk] @ items.T
+        scores[:, 0] = -math.inf
+        out.append(scores.topk(k, dim=1).indices.numpy())
+    return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
+
+
+def popularity_top_k(ds: Dataset, k: int) -> np.ndarray:
+    """[k] item indices of the most frequent positives before train_end_ms (ties: lower index)."""
+    train_pos = UserTimelines(ds, schema.POSITIVE_ACTIONS, before_ms=ds.train_end_ms)
+    counts = np.bincount(train_pos.item_idx, minlength=ds.num_items + 1)
+    counts[0] = -1
+    return np.argsort(-counts, kind="stable")[:k]
+
+
+def content_item_matrix(ds: Dataset) -> np.ndarray:
+    """[num_items + 1, D] unit-norm frozen item embeddings, row 0 = 0 (OOV)."""
+    emb = ds.item_emb / np.maximum(np.linalg.norm(ds.item_emb, axis=1, keepdims=True), 1e-12)
+    return np.concatenate([np.zeros((1, emb.shape[1]), np.float32), emb.astype(np.float32)])
+
+
+def history_mean_embeddings(hist: UserTimelines, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """[len(rows), D] unit-norm mean of `items[item_idx]` over each timeline row's actions."""
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.zeros((rows.size, items.shape[1]), dtype=np.float32)
+    for i, r in enumerate(rows):
+        m = items[hist.item_idx[hist.offsets[r]: hist.offsets[r + 1]]].mean(axis=0)
+        out[i] = m / max(float(np.linalg.norm(m)), 1e-12)
+    return out
+
+
+def _metrics(top: np.ndarray, truth: list[np.ndarray], k: int, num_items: int, topic_of: np.ndarray) -> dict[str, float]:
+    return {"recall": recall_at_k(top[:, :k], truth), "p90_coverage": p90_coverage(top[:, :k], num_items),
+            "interest_entropy": interest_entropy(top, topic_of)}
+
+
+@torch.inference_mode()
+def evaluate_pinnerformer(model: PinnerFormer, ds: Dataset, k: int = 10, entropy_k: int = 50,
+                          window_days: float = 14.0, batch_size: int = 64) -> dict[str, Any]:
+    """Recall@k, P90 coverage@k and interest entropy@entropy_k for the model and both baselines.
+
+    Returns {"eval_users", "k", "entropy_k", "pinnerformer": {...}, "history_mean": {...},
+    "popularity": {...}}, each inner dict holding recall / p90_coverage / interest_entropy.
+    """
+    hist, users, truth = eval_targets(ds, model.config.sequence_actions, window_days)
+    result: dict[str, Any] = {"eval_users": len(users), "k": k, "entropy_k": entropy_k}
+    if not users:
+        return result
+    depth = max(k, entropy_k)
+    topic_of = np.concatenate([[0], np.asarray(ds.item_topic, dtype=np.int64)])  # row 0 never retrieved
+    rows = np.asarray(users, dtype=np.int64)
+
+    was_training = model.training
+    model.eval()
+    items = model.all_item_embeddings()
+    items[0] = 0.0
+    emb = user_embeddings(model, hist, rows, ds.train_end_ms, batch_size)
+    model.train(was_training)
+    result["pinnerformer"] = _metrics(top_k(emb, items, depth), truth, k, ds.num_items, topic_of)
+
+    content = content_item_matrix(ds)
+    hm = history_mean_embeddings(hist, rows, content)
+    result["history_mean"] = _metrics(top_k(hm, content, depth), truth, k, ds.num_items, topic_of)
+
+    pop = np.tile(popularity_top_k(ds, depth), (rows.size, 1))
+    result["popularity"] = _metrics(pop, truth, k, ds.num_items, topic_of)
+    return result
+
+
+__all__ = [
+    "content_item_matrix",
+    "evaluate_pinnerformer",
+    "history_mean_embeddings",
+    "interest_entropy",
+    "p90_coverage",
+    "popularity_top_k",
+    "recall_at_k",
+    "top_k",
+]
