@@ -12,7 +12,7 @@ SNAPSHOT := $(A)/snapshots/latest
 REPO := model_repository
 PYTEST_ARGS ?=
 
-.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo test test-fast clean
+.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer test test-fast clean
 .DEFAULT_GOAL := help
 
 help: ## List the targets
@@ -52,6 +52,9 @@ serve: export ## Serve model_repository/cpu on localhost:8000/8001/8002 (Ctrl-C 
 
 demo: export ## Everything: data, train, export, serve, rank via the SDK -> results/demo.json
 	$(PINRANK) demo --repository $(REPO)/cpu --data $(DATA) --out results/demo.json
+
+eval-pinnerformer: $(DATA)/meta.json ## PinnerFormer ablations (objective x negatives) -> results/pinnerformer.json
+	$(PY) -m pinrank.train.pinnerformer_ablation --data $(DATA) --out results/pinnerformer.json
 
 test: setup ## Unit + real-Triton integration tests
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

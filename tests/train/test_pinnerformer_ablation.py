@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
@@ -269,3 +270,18 @@ def test_evaluate_pinnerformer_returns_all_metrics(toy):
     assert res["eval_users"] == ref["eval_users"]
     assert res["pinnerformer"]["recall"] == pytest.approx(ref["recall"])
     assert res["popularity"]["recall"] == pytest.approx(ref["pop_recall"])
+
+
+def test_ablation_runner_writes_one_row_per_variant(toy, tmp_path):
+    from pinrank.train.pinnerformer_ablation import VARIANTS, main
+
+    data = save_dataset(toy, tmp_path / "data")
+    out = tmp_path / "pinnerformer.json"
+    result = CliRunner().invoke(main, ["--data", str(data), "--out", str(out), "--work", str(tmp_path / "w"),
+                                       "--steps", "2", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert [(r["objective"], r["negatives"], r["logq"]) for r in report["variants"]] == list(VARIANTS)
+    for row in report["variants"]:
+        assert 0.0 <= row["recall_at_10"] <= 1.0 and 0.0 < row["p90_coverage_at_10"] <= 1.0
+    assert set(report["baselines"]) == {"popularity", "history_mean"}
