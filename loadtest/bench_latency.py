@@ -59,6 +59,7 @@ def main(repository: Path, ranker: Path, candidates: int, actions: int, num_requ
     from pinrank.serving.pipeline import InProcessRanker
     from pinrank.serving.preprocess import Preprocessor
     from pinrank.serving.tritonserver import running_server
+    from pinrank_client._triton import build_inputs
 
     torch.set_num_threads(1)  # the server's ranker instance runs on one thread too
     latest = max((repository / schema.PREPROCESS_MODEL).glob("[0-9]*"), key=lambda p: int(p.name))
@@ -84,12 +85,7 @@ def main(repository: Path, ranker: Path, candidates: int, actions: int, num_requ
             client = module.InferenceServerClient(url)
 
             def call(r, client=client, module=module):  # type: ignore[no-untyped-def]
-                inputs = []
-                for s in schema.REQUEST_INPUTS:
-                    t = module.InferInput(s.name, list(r[s.name].shape), s.triton_dtype)
-                    t.set_data_from_numpy(r[s.name])
-                    inputs.append(t)
-                res = client.infer(schema.ENSEMBLE_MODEL, inputs)
+                res = client.infer(schema.ENSEMBLE_MODEL, build_inputs(module, r))
                 assert res.as_numpy("item_ids").size == 10
             results[name] = _percentiles(timed(call))
     base = results["in_process"]["p50_ms"]

@@ -19,6 +19,7 @@ import tritonclient.http as httpclient
 from locust import User, between, events, task
 
 from pinrank_client import schema
+from pinrank_client._triton import build_inputs
 from pinrank_client.types import RankRequest
 
 CANDIDATES = int(os.environ.get("PINRANK_CANDIDATES", "500"))
@@ -53,13 +54,7 @@ class TritonRankUser(User):
 
     @task
     def rank(self) -> None:
-        arrays = random_request(self.rng)
-        inputs = []
-        for s in schema.REQUEST_INPUTS:
-            if s.name in arrays:
-                t = httpclient.InferInput(s.name, list(arrays[s.name].shape), s.triton_dtype)
-                t.set_data_from_numpy(arrays[s.name], binary_data=True)
-                inputs.append(t)
+        inputs = build_inputs(httpclient, random_request(self.rng))
         start = time.perf_counter()
         exc = None
         try:
