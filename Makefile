@@ -10,9 +10,11 @@ PF_CKPT := $(A)/checkpoints/pinnerformer.pt
 RANKER_CKPT := $(A)/checkpoints/ranker.pt
 SNAPSHOT := $(A)/snapshots/latest
 REPO := model_repository
+ML_SRC ?= ../shared/data/ml-latest-small
+ML_DATA := $(A)/data/ml
 PYTEST_ARGS ?=
 
-.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer test test-fast clean
+.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer eval-pinnerformer-ml test test-fast clean
 .DEFAULT_GOAL := help
 
 help: ## List the targets
@@ -55,6 +57,14 @@ demo: export ## Everything: data, train, export, serve, rank via the SDK -> resu
 
 eval-pinnerformer: $(DATA)/meta.json ## PinnerFormer ablations (objective x negatives) -> results/pinnerformer.json
 	$(PY) -m pinrank.train.pinnerformer_ablation --data $(DATA) --out results/pinnerformer.json
+
+eval-pinnerformer-ml: setup ## The same on MovieLens (ML_SRC=...; global time split, whole remainder as eval) -> results/pinnerformer_ml.json
+	@test -f $(ML_SRC)/ratings.csv || { echo "no MovieLens at $(ML_SRC) (set ML_SRC=path/to/ml-latest-small)"; exit 2; }
+	test -f $(ML_DATA)/meta.json || $(PINRANK) data import --format movielens --src $(ML_SRC) --out $(ML_DATA)
+	$(PY) -m pinrank.train.pinnerformer_ablation --data $(ML_DATA) --out results/pinnerformer_ml.json \
+		--work $(A)/ablation_ml --eval-window-days 1000 --steps 500 \
+		--variants dense_all_action-mixed --variants sasrec-mixed --variants next_action-mixed \
+		--variants dense_all_action-random
 
 test: setup ## Unit + real-Triton integration tests
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -57,6 +57,9 @@ def _set_threads(threads: int | None) -> None:
 @click.option("--layers", type=click.IntRange(min=1), default=_DEFAULT_MODEL.num_layers, show_default=True)
 @click.option("--hidden", type=click.IntRange(min=8), default=_DEFAULT_MODEL.hidden, show_default=True)
 @click.option("--heads", type=click.IntRange(min=1), default=_DEFAULT_MODEL.heads, show_default=True)
+@click.option("--paper-size", is_flag=True,
+              help="The paper's tower (6 layers, H=768, D=256; overrides --layers/--hidden/--heads). Offline "
+                   "evaluation only unless the schema's USER_EMB_DIM is 256 too; slow on CPU.")
 @click.option("--seed", type=int, default=_DEFAULT_TRAIN.seed, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from --out (weights, optimiser, data RNG, step) if it exists.")
 @click.option("--curve", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -67,7 +70,7 @@ def _set_threads(threads: int | None) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train_pinnerformer(data: Path, out: Path, steps: int, batch_size: int, positions: int, lr: float,
-                       window_days: float, objective: str, negatives: str, no_logq: bool, layers: int, hidden: int, heads: int, seed: int, resume: bool,
+                       window_days: float, objective: str, negatives: str, no_logq: bool, layers: int, hidden: int, heads: int, paper_size: bool, seed: int, resume: bool,
                        curve: Path | None, metrics_path: Path | None, no_eval: bool, threads: int | None,
                        progress: bool) -> None:
     """Train the PinnerFormer user tower with the dense all-action loss.
@@ -85,7 +88,8 @@ def train_pinnerformer(data: Path, out: Path, steps: int, batch_size: int, posit
                   future_window_days=window_days, seed=seed, objective=objective, negatives=negatives,
                   logq=not no_logq)
     try:
-        model_cfg = replace(_DEFAULT_MODEL, num_layers=layers, hidden=hidden, heads=heads)
+        model_cfg = (PinnerFormerConfig.paper() if paper_size
+                     else replace(_DEFAULT_MODEL, num_layers=layers, hidden=hidden, heads=heads))
         metrics = train(ds, out, cfg, model_cfg, resume=resume, curve=curve, progress=progress,
                         evaluate=not no_eval)
     except (ValueError, FileNotFoundError) as exc:

@@ -69,6 +69,10 @@ class PinnerFormerTrainConfig:
     log_every: int = 10
     checkpoint_every: int = 100
     # Ablation switches (see pinnerformer_loss): training objective, negative mix, logQ correction.
+    #: Learning-rate multiplier of the per-item id embedding table. Each row
+    #: gets a gradient only when its item is sampled, so it learns far slower
+    #: than the shared weights at the same rate.
+    item_id_lr_mult: float = 1.0
     objective: str = "dense_all_action"
     negatives: str = "mixed"
     logq: bool = True
@@ -211,9 +215,11 @@ def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfi
     params = list(model.parameters()) + list(loss_fn.parameters())
     # No weight decay on vectors (biases, norms, phases, the log-temperature):
     # decay would pull the temperature towards 1 and the norms towards 0.
+    id_table = model.item_id_emb.weight
     opt = torch.optim.AdamW(
-        [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+        [{"params": [p for p in params if p.dim() >= 2 and p is not id_table], "weight_decay": cfg.weight_decay},
+         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+         {"params": [id_table], "weight_decay": 0.0, "lr_mult": cfg.item_id_lr_mult}],
         lr=cfg.lr,
     )
     rng = np.random.default_rng(cfg.seed)
@@ -246,7 +252,7 @@ def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfi
     while step < last:
         lr = cfg.lr * _lr_factor(step, cfg)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_mult", 1.0)
         loss, stats = train_step(model, loss_fn, sampler, rng, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -11,8 +11,18 @@ index i is dataset row i - 1 (ds.item_ids / ds.item_topic / ds.item_emb).
 - Interest entropy@k: Shannon entropy (nats) of the topic distribution of a
   user's top-k items, averaged over users (high = diverse retrieval).
 
+Inference modes (paper §5.3, "batch vs realtime"): every first positive of a
+(user, item) in the eval window is scored against the embedding live when it
+happened. `once`: the embedding from before train_end_ms, never refreshed;
+`daily`: recomputed from everything before the event's day (the nightly
+snapshot serving would read); `realtime`: recomputed from everything before
+the event itself. A user's recall is the share of their events whose item is
+in that embedding's top-k; `once` therefore equals plain Recall@k.
+
 Baselines: popularity (the k most frequent train-period positives, the same
-list for everyone) and history-mean (the mean of the frozen content
+list for everyone), on synthetic data an interest oracle (the hidden
+simulator state, not learnable: each user's true topic mixture on the last
+training day, log theta + 0.5 log popularity; a rough ceiling) and history-mean (the mean of the frozen content
 embeddings of the user's history before train_end_ms, cosine against every
 item's content embedding).
 """
@@ -30,6 +40,8 @@ from pinrank.data.dataset import Dataset
 from pinrank.embed import user_embeddings
 from pinrank.models.pinnerformer import PinnerFormer, UserTimelines
 from pinrank.train.pinnerformer import _recall, eval_targets
+
+_DAY_MS = 86_400_000
 
 
 def recall_at_k(top: np.ndarray, truth: list[np.ndarray]) -> float:
@@ -131,13 +143,101 @@ def evaluate_pinnerformer(model: PinnerFormer, ds: Dataset, k: int = 10, entropy
 
     pop = np.tile(popularity_top_k(ds, depth), (rows.size, 1))
     result["popularity"] = _metrics(pop, truth, k, ds.num_items, topic_of)
+    oracle = interest_oracle_top_k(ds, hist.user_ids[rows], depth)
+    if oracle is not None:
+        result["interest_oracle"] = _metrics(oracle, truth, k, ds.num_items, topic_of)
     return result
 
 
+def interest_oracle_top_k(ds: Dataset, user_ids: np.ndarray, k: int) -> np.ndarray | None:
+    """[len(user_ids), k] item indices from the simulator's hidden interests, or None for non-synthetic data.
+
+    Score = log(theta[u, topic(i)] + 0.02) + 0.5 log(train positives of i + 0.5), theta = the
+    user's true topic mixture on the last training day: what a model that recovered the hidden
+    interests and item popularity exactly would retrieve (no taste, no session intent).
+    """
+    from pinrank.data.synthetic import config_from_meta, simulate
+
+    cfg = config_from_meta(ds.meta)
+    if cfg is None:
+        return None
+    _, truth = simulate(cfg)
+    day = (ds.train_end_ms - cfg.start_ms) // _DAY_MS - 1
+    rows = np.searchsorted(truth.user_ids, np.asarray(user_ids, dtype=np.int64))
+    theta = truth.theta[rows, day]  # [U, topics]
+    train_pos = UserTimelines(ds, schema.POSITIVE_ACTIONS, before_ms=ds.train_end_ms)
+    log_pop = 0.5 * np.log(np.bincount(train_pos.item_idx, minlength=ds.num_items + 1)[1:] + 0.5)
+    scores = np.log(theta[:, np.asarray(ds.item_topic)] + 0.02) + log_pop[None, :]
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k] + 1
+
+
+INFERENCE_MODES: tuple[str, ...] = ("once", "daily", "realtime")
+
+
+def eval_events(ds: Dataset, window_days: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user_id, item_idx, ts_ms) of the first positive of each (user, item) in
+    [train_end, train_end + window), for users with history before train_end."""
+    t0 = ds.train_end_ms
+    pos = UserTimelines(ds, schema.POSITIVE_ACTIONS)
+    sel = (pos.ts_ms >= t0) & (pos.ts_ms < t0 + int(window_days * _DAY_MS))
+    users = np.repeat(pos.user_ids, pos.lengths)[sel]
+    items, ts = pos.item_idx[sel], pos.ts_ms[sel]
+    # Rows are sorted by (user, ts) already, so np.unique's first index is the earliest event.
+    _, first = np.unique(users * (np.int64(items.max(initial=0)) + 1) + items, return_index=True)
+    first = np.sort(first)
+    return users[first], items[first], ts[first]
+
+
+def live_cut_ms(mode: str, train_end_ms: int, ts_ms: np.ndarray) -> np.ndarray:
+    """The history cut-off of the embedding that is live at each event under `mode`."""
+    ts_ms = np.asarray(ts_ms, dtype=np.int64)
+    if mode == "once":
+        return np.full_like(ts_ms, train_end_ms)
+    if mode == "daily":
+        return train_end_ms + (ts_ms - train_end_ms) // _DAY_MS * _DAY_MS
+    if mode == "realtime":
+        return ts_ms
+    raise ValueError(f"unknown inference mode {mode!r}; expected one of {INFERENCE_MODES}")
+
+
+@torch.inference_mode()
+def evaluate_inference_modes(model: PinnerFormer, ds: Dataset, k: int = 10, window_days: float = 14.0,
+                             modes: tuple[str, ...] = INFERENCE_MODES, batch_size: int = 64) -> dict[str, float]:
+    """Recall@k per inference mode (module docstring), averaged over users."""
+    seq = UserTimelines(ds, model.config.sequence_actions)
+    users, items, ts = eval_events(ds, window_days)
+    hist_rows = UserTimelines(ds, model.config.sequence_actions, before_ms=ds.train_end_ms).rows_of(users)
+    keep = hist_rows >= 0  # the same users as Recall@k: those with a history before train_end
+    users, items, ts = users[keep], items[keep], ts[keep]
+    rows = seq.rows_of(users)
+    was_training = model.training
+    model.eval()
+    item_matrix = model.all_item_embeddings()
+    item_matrix[0] = 0.0
+    out: dict[str, float] = {}
+    for mode in modes:
+        cut = live_cut_ms(mode, ds.train_end_ms, ts)
+        # One embedding per distinct (user, cut): `once` embeds each user once.
+        pairs, inv = np.unique(np.stack([rows, cut], axis=1), axis=0, return_inverse=True)
+        emb = user_embeddings(model, seq, pairs[:, 0], pairs[:, 1], batch_size)
+        top = top_k(emb, item_matrix, k)
+        hit = (top[inv.ravel()] == items[:, None]).any(axis=1)
+        uniq, u_inv = np.unique(users, return_inverse=True)
+        per_user = np.bincount(u_inv, weights=hit) / np.bincount(u_inv)
+        out[mode] = float(per_user.mean()) if uniq.size else float("nan")
+    model.train(was_training)
+    return out
+
+
 __all__ = [
+    "INFERENCE_MODES",
     "content_item_matrix",
+    "eval_events",
+    "evaluate_inference_modes",
+    "live_cut_ms",
     "evaluate_pinnerformer",
     "history_mean_embeddings",
+    "interest_oracle_top_k",
     "interest_entropy",
     "p90_coverage",
     "popularity_top_k",

@@ -112,7 +112,7 @@ def test_quick_default_size_and_speed(quick_world):
     ds, _ = quick_world
     assert 150_000 <= ds.actions["ts_ms"].size <= 300_000
     assert 150_000 <= ds.impressions["ts_ms"].size <= 300_000
-    assert ds.meta["counts"]["users"] == 2000 and ds.num_items == 5000 and ds.meta["num_topics"] == 20
+    assert ds.meta["counts"]["users"] == 2000 and ds.num_items == 5000 and ds.meta["num_topics"] == 50
     t0 = time.perf_counter()
     simulate(replace(QUICK, seed=1))
     assert time.perf_counter() - t0 < 30.0

@@ -18,9 +18,13 @@ from pinrank.models.pinnerformer import PinnerFormer, PinnerFormerConfig, UserTi
 from pinrank.train.common import load_checkpoint
 from pinrank.train.pinnerformer import PinnerFormerTrainConfig, make_sampler, train_pinnerformer, train_step
 from pinrank.train.pinnerformer_eval import (
+    INFERENCE_MODES,
+    eval_events,
+    evaluate_inference_modes,
     evaluate_pinnerformer,
     history_mean_embeddings,
     interest_entropy,
+    live_cut_ms,
     p90_coverage,
     popularity_top_k,
     recall_at_k,
@@ -203,6 +207,20 @@ def test_cli_ablation_options(tmp_path, toy):
     assert res.exit_code == 2
 
 
+@pytest.mark.slow
+def test_cli_paper_size_trains_the_papers_tower(tmp_path, toy):
+    from pinrank.cli import main
+
+    data = save_dataset(toy, tmp_path / "data")
+    out = tmp_path / "paper.pt"
+    res = CliRunner().invoke(main, ["train", "pinnerformer", "--data", str(data), "--out", str(out), "--steps", "1",
+                                    "--batch-size", "2", "--positions", "2", "--paper-size", "--no-progress",
+                                    "--no-eval"])
+    assert res.exit_code == 0, res.output
+    model = load_checkpoint(out, "pinnerformer")["config"]["model"]
+    assert (model["num_layers"], model["hidden"], model["out_dim"]) == (6, 768, 256)
+
+
 # --- metrics ------------------------------------------------------------------------
 
 
@@ -272,6 +290,54 @@ def test_evaluate_pinnerformer_returns_all_metrics(toy):
     assert res["popularity"]["recall"] == pytest.approx(ref["pop_recall"])
 
 
+def test_interest_oracle_only_on_synthetic_data_and_beats_popularity(tmp_path, toy):
+    from pinrank.data.dataset import load_dataset
+    from pinrank.data.synthetic import SyntheticConfig, config_from_meta, generate
+    from pinrank.train.pinnerformer_eval import interest_oracle_top_k
+
+    assert config_from_meta(toy.meta) is None and interest_oracle_top_k(toy, toy.item_ids[:3], 5) is None
+    cfg = SyntheticConfig(users=300, items=600, topics=10, days=12, eval_days=3, seed=4)
+    ds = load_dataset(generate(cfg, tmp_path / "synth", progress=False))
+    assert config_from_meta(ds.meta) == cfg
+    res = evaluate_pinnerformer(PinnerFormer(SMALL_MODEL, ds.item_emb), ds, k=10, entropy_k=20)
+    assert res["interest_oracle"]["recall"] > res["popularity"]["recall"]
+
+
+def test_live_cut_follows_the_inference_mode():
+    t0 = 10 * DAY_MS
+    ts = np.array([t0, t0 + 5, t0 + DAY_MS - 1, t0 + DAY_MS, t0 + 3 * DAY_MS + 7])
+    assert (live_cut_ms("once", t0, ts) == t0).all()
+    assert live_cut_ms("daily", t0, ts).tolist() == [t0, t0, t0, t0 + DAY_MS, t0 + 3 * DAY_MS]
+    assert live_cut_ms("realtime", t0, ts).tolist() == ts.tolist()
+    with pytest.raises(ValueError, match="unknown inference mode"):
+        live_cut_ms("hourly", t0, ts)
+
+
+def test_eval_events_are_first_positives_in_the_window(toy):
+    users, items, ts = eval_events(toy, window_days=14.0)
+    assert (ts >= toy.train_end_ms).all() and (ts < toy.train_end_ms + 14 * DAY_MS).all()
+    pairs = set(zip(users.tolist(), items.tolist()))
+    assert len(pairs) == users.size  # one event per (user, item)
+    pos = UserTimelines(toy, schema.POSITIVE_ACTIONS)
+    for u, i, t in list(zip(users, items, ts))[:20]:
+        r = pos.rows_of(np.array([u]))[0]
+        sl = slice(pos.offsets[r], pos.offsets[r + 1])
+        same = (pos.item_idx[sl] == i) & (pos.ts_ms[sl] >= toy.train_end_ms)
+        assert pos.ts_ms[sl][same].min() == t
+
+
+def test_inference_once_is_plain_recall_and_modes_differ(toy):
+    torch.manual_seed(0)
+    model = PinnerFormer(SMALL_MODEL, toy.item_emb)
+    modes = evaluate_inference_modes(model, toy, k=10)
+    assert set(modes) == set(INFERENCE_MODES)
+    assert modes["once"] == pytest.approx(evaluate_pinnerformer(model, toy, k=10)["pinnerformer"]["recall"])
+    for v in modes.values():
+        assert 0.0 <= v <= 1.0
+    # Realtime embeddings see eval-period actions, so they are not the `once` ones.
+    assert modes["realtime"] != pytest.approx(modes["once"], abs=1e-9)
+
+
 def test_ablation_runner_writes_one_row_per_variant(toy, tmp_path):
     from pinrank.train.pinnerformer_ablation import VARIANTS, main
 
@@ -285,3 +351,25 @@ def test_ablation_runner_writes_one_row_per_variant(toy, tmp_path):
     for row in report["variants"]:
         assert 0.0 <= row["recall_at_10"] <= 1.0 and 0.0 < row["p90_coverage_at_10"] <= 1.0
     assert set(report["baselines"]) == {"popularity", "history_mean"}
+    table = out.with_suffix(".md").read_text()
+    assert table.count("\n| ") >= len(VARIANTS) + 2 and "| once | daily | realtime |" in table
+    mixed = {o for o, n, q in VARIANTS if n == "mixed" and q}
+    assert set(report["inference"]) == mixed
+    for modes in report["inference"].values():
+        assert set(modes) == set(INFERENCE_MODES) and all(0.0 <= v <= 1.0 for v in modes.values())
+
+
+def test_ablation_runner_runs_a_chosen_subset(toy, tmp_path):
+    from pinrank.train.pinnerformer_ablation import main
+
+    data = save_dataset(toy, tmp_path / "data")
+    out = tmp_path / "pf.json"
+    result = CliRunner().invoke(main, ["--data", str(data), "--out", str(out), "--work", str(tmp_path / "w"),
+                                       "--steps", "2", "--threads", "1", "--variants", "next_action-mixed",
+                                       "--eval-window-days", "30"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert [r["objective"] for r in report["variants"]] == ["next_action"]
+    assert report["eval_window_days"] == 30.0 and set(report["inference"]) == {"next_action"}
+    bad = CliRunner().invoke(main, ["--data", str(data), "--variants", "nope"])
+    assert bad.exit_code == 2 and "nope" in bad.output

@@ -158,6 +158,17 @@ def test_checkpoint_holds_everything_to_rebuild(tmp_path, toy):
     assert torch.equal(model.item_table[1:], torch.from_numpy(toy.item_emb))
 
 
+def test_item_id_table_follows_its_own_learning_rate(tmp_path, toy):
+    from dataclasses import replace
+
+    frozen, moving = tmp_path / "frozen.pt", tmp_path / "moving.pt"
+    train_pinnerformer(toy, frozen, replace(FAST, item_id_lr_mult=0.0), SMALL_MODEL, progress=False, evaluate=False)
+    train_pinnerformer(toy, moving, FAST, SMALL_MODEL, progress=False, evaluate=False)
+    a, b = load_checkpoint(frozen, "pinnerformer")["state_dict"], load_checkpoint(moving, "pinnerformer")["state_dict"]
+    assert not a["item_id_emb.weight"].any()  # zero-initialised and never stepped
+    assert b["item_id_emb.weight"].abs().sum() > 0
+
+
 def test_resume_matches_an_uninterrupted_run(tmp_path, toy):
     straight = tmp_path / "straight.pt"
     split = tmp_path / "split.pt"
