@@ -14,7 +14,7 @@ ML_SRC ?= ../shared/data/ml-latest-small
 ML_DATA := $(A)/data/ml
 PYTEST_ARGS ?=
 
-.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer eval-pinnerformer-ml test test-fast clean
+.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer eval-pinnerformer-ml eval-ranker test test-fast clean
 .DEFAULT_GOAL := help
 
 help: ## List the targets
@@ -63,8 +63,11 @@ eval-pinnerformer-ml: setup ## The same on MovieLens (ML_SRC=...; global time sp
 	test -f $(ML_DATA)/meta.json || $(PINRANK) data import --format movielens --src $(ML_SRC) --out $(ML_DATA)
 	$(PY) -m pinrank.train.pinnerformer_ablation --data $(ML_DATA) --out results/pinnerformer_ml.json \
 		--work $(A)/ablation_ml --eval-window-days 1000 --steps 500 \
-		--variants dense_all_action-mixed --variants sasrec-mixed --variants next_action-mixed \
+		--variants dense_all_action-mixed --variants all_action-mixed --variants next_action-mixed \
 		--variants dense_all_action-random
+
+eval-ranker: $(PF_CKPT) ## Ranker ablations (early/fused/no-realtime/no-PinnerFormer/avg-pool) + cost -> results/ranker.json
+	$(PY) -m pinrank.train.ranker_ablation --data $(DATA) --pinnerformer $(PF_CKPT) --out results/ranker.json
 
 test: setup ## Unit + real-Triton integration tests
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

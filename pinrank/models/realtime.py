@@ -15,6 +15,9 @@ R = 1 case; training batches hold whole requests.
   three computed once per request). Cost is L + N per request, not N x L.
   Without positional encodings the first-k slots are what tells either
   layout which actions are the newest.
+- `avgpool` (the TransAct paper's "WDL + avg-pool sequence" baseline): the
+  mean of the kept tokens, once per request; no transformer, no candidate
+  fusion. The ablation that shows what the encoder itself buys.
 
 The random time window (training only) arrives as a tensor argument, one T
 per request (every candidate of a request sees the same masked history, as at
@@ -37,7 +40,7 @@ from pinrank import schema
 #: and -1e4 still fits fp16 (TensorRT) while softmax maps it to exactly 0.
 #: TorchScript cannot read float globals, so scripted code spells the literal.
 MASK_NEG = -1.0e4
-MODES = ("early", "fused")
+MODES = ("early", "fused", "avgpool")
 
 
 def keep_mask(seq_action: torch.Tensor, seq_age_h: torch.Tensor,
@@ -109,6 +112,12 @@ def masked_max_pool(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return pooled * keep.any(dim=-1, keepdim=True).to(x.dtype)
 
 
+def masked_mean_pool(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean over kept tokens [.., L, d] -> [.., d]; 0 where nothing is kept (no 0/0)."""
+    w = keep.to(x.dtype).unsqueeze(-1)
+    return (x * w).sum(dim=-2) / w.sum(dim=-2).clamp_min(1.0)
+
+
 def _slots_within_request(req_index: torch.Tensor, num_requests: int) -> tuple[torch.Tensor, int]:
     """Each candidate's position among its request's candidates, and the max count."""
     b = req_index.size(0)
@@ -136,6 +145,7 @@ class RealtimeEncoder(nn.Module):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.early = mode == "early"
+        self.avgpool = mode == "avgpool"
         self.first_k = first_k
         self.use_surface = use_surface
         self.action_emb = nn.Embedding(schema.NUM_ACTION_IDS, action_dim, padding_idx=schema.PAD_ID)
@@ -156,6 +166,8 @@ class RealtimeEncoder(nn.Module):
         # request instead of widening the per-candidate crossing by k x d
         self.recent_proj = nn.Linear(first_k * self.dim, self.dim)
         self.out_dim = (self.first_k + 1) * self.dim if self.early else 3 * self.dim
+        if self.avgpool:
+            self.out_dim = token_dim
 
     def tokens(self, seq_item_emb: torch.Tensor, seq_action: torch.Tensor,
                seq_surface: torch.Tensor) -> torch.Tensor:
@@ -173,6 +185,11 @@ class RealtimeEncoder(nn.Module):
         tok = self.tokens(seq_item_emb, seq_action, seq_surface)
         if self.early:
             return self._early(cand_emb, req_index, tok, keep)
+        if self.avgpool:
+            pooled = masked_mean_pool(tok, keep)  # [R, token_dim], once per request
+            if pooled.size(0) == 1:
+                return pooled.expand(cand_emb.size(0), pooled.size(1))
+            return pooled.index_select(0, req_index)
         return self._fused(cand_emb, req_index, tok, keep)
 
     def encode(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

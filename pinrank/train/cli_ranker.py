@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from pinrank.models.ranker import RankerConfig
+from pinrank.models.realtime import MODES
 from pinrank.train.ranker import TrainConfig
 
 _DEFAULT_MODEL = RankerConfig()
@@ -59,9 +60,10 @@ def _snapshots(ds, pinnerformer: Path | None, snapshots_dir: Path | None) -> lis
                    "Alone: read existing daily snapshots (one subdirectory each) instead of building them.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="Checkpoint to write (kind=ranker); `--resume` continues from it.")
-@click.option("--mode", type=click.Choice(["early", "fused"]), default=_DEFAULT_MODEL.mode, show_default=True,
+@click.option("--mode", type=click.Choice(list(MODES)), default=_DEFAULT_MODEL.mode, show_default=True,
               help="early = TransAct (candidate fused into every token, N x L); "
-                   "fused = request-level dedup (sequence encoded once, L + N).")
+                   "fused = request-level dedup (sequence encoded once, L + N); "
+                   "avgpool = mean of the action tokens, no transformer (TransAct's baseline).")
 @click.option("--no-realtime", is_flag=True, help="Drop the realtime sequence encoder (ablation).")
 @click.option("--steps", type=click.IntRange(min=1), default=_DEFAULT_TRAIN.steps, show_default=True,
               help="Optimizer steps. The default is the quick run: ~2-3 min fused on 2 CPU cores "

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pinrank import schema
+from pinrank.models.realtime import MODES
 from pinrank.models.ranker import (
     Ranker,
     RankerConfig,
@@ -41,7 +42,7 @@ def _broadcast(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     return (cand, user.expand(n, -1), *(s.expand(n, -1) for s in seq), ctx.expand(n, -1))
 
 
-@pytest.mark.parametrize("mode", ["early", "fused"])
+@pytest.mark.parametrize("mode", MODES)
 def test_shapes_and_serving_matches_forward_batch(mode: str):
     model = _ranker(mode)
     serving = RankerServing(model).eval()
@@ -55,7 +56,7 @@ def test_shapes_and_serving_matches_forward_batch(mode: str):
     torch.testing.assert_close(probs, torch.sigmoid(logits), atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("mode", [pytest.param("early", marks=pytest.mark.slow), "fused"])
+@pytest.mark.parametrize("mode", [pytest.param("early", marks=pytest.mark.slow), "fused", "avgpool"])
 def test_torchscript_parity_dynamic_n(mode: str):
     serving = RankerServing(_ranker(mode)).eval()
     scripted = torch.jit.script(serving)
@@ -92,7 +93,7 @@ def test_onnx_export_dynamic_n_keeps_the_contract(kw: dict):
             np.testing.assert_allclose(got, serving(*inputs).numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["early", "fused"])
+@pytest.mark.parametrize("mode", MODES)
 def test_empty_history_all_in_window_and_unknown_items_are_finite(mode: str):
     model = _ranker(mode)
     serving = RankerServing(model).eval()

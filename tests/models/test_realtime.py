@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pinrank import schema
-from pinrank.models.realtime import RealtimeEncoder, keep_mask
+from pinrank.models.realtime import MODES, RealtimeEncoder, keep_mask, masked_mean_pool
 
 L = schema.REALTIME_SEQ_LEN
 D = schema.ITEM_EMB_DIM
@@ -50,19 +50,19 @@ def test_keep_mask_window_never_masks_newest_token():
     assert keep_mask(s["seq_action"], s["seq_age_h"], w)[:, 0].all()
 
 
-@pytest.mark.parametrize("mode", ["early", "fused"])
+@pytest.mark.parametrize("mode", MODES)
 def test_output_shapes(mode: str):
     enc = RealtimeEncoder(mode).eval()
     s = _seq(3, [5, 0, L])
     cand = torch.randn(7, D)
     req = torch.tensor([0, 0, 1, 1, 2, 2, 2])
     out = _run(enc, cand, req, s)
-    expected = 11 * 96 if mode == "early" else 3 * 64
+    expected = {"early": 11 * 96, "fused": 3 * 64, "avgpool": 64}[mode]
     assert out.shape == (7, expected) == (7, enc.out_dim)
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("mode", ["early", "fused"])
+@pytest.mark.parametrize("mode", MODES)
 def test_empty_history_and_all_masked_are_finite_and_zero(mode: str):
     enc = RealtimeEncoder(mode)
     enc.train()  # dropout on, window on: the training path must stay finite too
@@ -71,17 +71,18 @@ def test_empty_history_and_all_masked_are_finite_and_zero(mode: str):
     req = torch.tensor([0, 0, 1, 1])
     out = _run(enc, cand, req, s, window=torch.tensor([24.0, 24.0]))
     assert torch.isfinite(out).all()
-    if mode == "early":
+    if mode in ("early", "avgpool"):
         assert out[:2].abs().max() == 0  # nothing to attend to -> exact zeros
     else:  # only the first-k projection's bias is left
         assert out[:2, :64].abs().max() == 0 and out[:2, 64:128].abs().max() == 0
     out.sum().backward()
-    assert torch.isfinite(cand.grad).all()
+    if mode != "avgpool":  # avgpool never reads the candidate
+        assert torch.isfinite(cand.grad).all()
     enc.eval()
     assert torch.isfinite(_run(enc, cand, req, s)).all()
 
 
-@pytest.mark.parametrize("mode", ["early", "fused"])
+@pytest.mark.parametrize("mode", MODES)
 def test_grouped_equals_one_request_at_a_time(mode: str):
     enc = RealtimeEncoder(mode).eval()
     s = _seq(3, [12, 0, 60], seed=3)
@@ -95,7 +96,7 @@ def test_grouped_equals_one_request_at_a_time(mode: str):
         torch.testing.assert_close(grouped[rows], single, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["early", "fused"])
+@pytest.mark.parametrize("mode", MODES)
 def test_trimming_trailing_padding_changes_nothing(mode: str):
     enc = RealtimeEncoder(mode).eval()
     s = _seq(2, [4, 7], seed=5)
@@ -106,7 +107,7 @@ def test_trimming_trailing_padding_changes_nothing(mode: str):
     torch.testing.assert_close(full, trimmed, atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["early", "fused"])
+@pytest.mark.parametrize("mode", MODES)
 def test_window_masked_actions_do_not_leak(mode: str):
     enc = RealtimeEncoder(mode).eval()
     s = _seq(1, [30], seed=7)
@@ -121,6 +122,20 @@ def test_window_masked_actions_do_not_leak(mode: str):
     torch.testing.assert_close(_run(enc, cand, req, changed, window), before)
     changed["seq_item_emb"][0, 0] += 1.0  # the newest action is never masked
     assert not torch.allclose(_run(enc, cand, req, changed, window), before)
+
+
+def test_masked_mean_pool_averages_kept_tokens_only():
+    x = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[5.0, 5.0], [6.0, 6.0], [7.0, 7.0]]])
+    keep = torch.tensor([[True, True, False], [False, False, False]])
+    assert masked_mean_pool(x, keep).tolist() == [[2.0, 3.0], [0.0, 0.0]]
+
+
+def test_avgpool_ignores_the_candidate_and_runs_no_transformer():
+    enc = RealtimeEncoder("avgpool").eval()
+    s = _seq(1, [L])
+    out = _run(enc, torch.randn(4, D), torch.zeros(4, dtype=torch.int64), s)
+    assert torch.equal(out[0], out[3])  # no candidate fusion: one vector per request
+    assert _tokens_encoded(enc, 500) == 0
 
 
 def _tokens_encoded(enc: RealtimeEncoder, n: int) -> int:

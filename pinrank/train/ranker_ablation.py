@@ -1,0 +1,132 @@
+"""`make eval-ranker`: train each ranker variant on one dataset and write AUC
+and HIT@3 per head plus the serving cost of one request (GFLOP counted by
+PyTorch, in-process milliseconds) to results/ranker.json.
+
+Variants (TransAct paper, Table 1 and the hybrid ablation):
+
+- full_early: TransAct (candidate fused into every token) + PinnerFormer;
+- full_fused: the same inputs with the request-level dedup encoder;
+- no_realtime / no_pinnerformer: drop one user-side input (fused layout for
+  no_pinnerformer, so its comparison is with full_fused at equal cost);
+- avgpool_realtime: TransAct's "WDL + avg-pool sequence" baseline.
+
+`hit_at_3` ranks each held-out request (candidate order shuffled) by the
+served utility, as users see it: higher is better for save/click/closeup,
+lower for hide. `hit_at_3_own_head` ranks by the head's own probability.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pinrank import schema
+
+#: name -> RankerConfig overrides.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "full_early": {"mode": "early"},
+    "full_fused": {"mode": "fused"},
+    "no_realtime": {"mode": "fused", "use_realtime": False},
+    "no_pinnerformer": {"mode": "fused", "use_pinnerformer": False},
+    "avgpool_realtime": {"mode": "avgpool"},
+}
+COST_N: tuple[int, ...] = (100, 500, 1000)
+
+
+def variant_row(metrics: dict[str, Any], cost: dict[int, tuple[float, float]]) -> dict[str, Any]:
+    """One results row from `evaluate` metrics and {N: (gflop, ms)}."""
+    row: dict[str, Any] = {
+        "auc": {h: metrics[h]["auc"] for h in schema.HEADS},
+        "hit_at_3": {h: metrics[h]["hit@3_utility"] for h in schema.HEADS},
+        "hit_at_3_own_head": {h: metrics[h]["hit@3"] for h in schema.HEADS},
+        "hit_at_3_random": {h: metrics[h]["hit@3_random"] for h in schema.HEADS},
+    }
+    row["gflop_per_request"] = cost[500][0] if 500 in cost else None
+    row["ms_per_request"] = cost[500][1] if 500 in cost else None
+    row["cost_by_n"] = {str(n): {"gflop": g, "ms": m} for n, (g, m) in cost.items()}
+    return row
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """Utility-ranked HIT@3 and AUC per head, and the cost at N=500, as a Markdown table."""
+    heads = list(schema.HEADS)
+    head_cols = " | ".join(f"{h} AUC / HIT@3" for h in heads)
+    lines = [f"| variant | {head_cols} | GFLOP/request | ms/request |",
+             "|---|" + "---|" * (len(heads) + 2)]
+    for name, r in report["variants"].items():
+        cells = " | ".join(f"{r['auc'][h]:.3f} / {r['hit_at_3'][h]:.3f}" for h in heads)
+        lines.append(f"| {name} | {cells} | {r['gflop_per_request']:.3f} | {r['ms_per_request']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+@click.command()
+@click.option("--data", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True)
+@click.option("--pinnerformer", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
+              help="PinnerFormer checkpoint: daily snapshots are built from it (a day reads the one before it).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results/ranker.json"), show_default=True)
+@click.option("--work", type=click.Path(path_type=Path), default=Path("artifacts/ranker_ablation"),
+              show_default=True, help="Where the per-variant checkpoints go.")
+@click.option("--steps", type=click.IntRange(min=1), default=400, show_default=True,
+              help="Training steps per variant (quick preset; full_early costs ~10x per step).")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--variants", "only", type=click.Choice(list(VARIANTS)), multiple=True,
+              help="Run only these variants (repeatable; default: all).")
+@click.option("--cost-repeats", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Timed serving calls per N (median reported).")
+def main(data: Path, pinnerformer: Path, out: Path, work: Path, steps: int, threads: int, only: tuple[str, ...],
+         cost_repeats: int) -> None:
+    """Train every ranker ablation variant and compare quality and cost."""
+    import torch
+
+    from pinrank.data.dataset import DatasetError, load_dataset
+    from pinrank.embed import build_daily_snapshots
+    from pinrank.models.ranker import RankerConfig
+    from pinrank.snapshot import SnapshotError
+    from pinrank.train.ranker import TrainConfig, train_ranker
+    from pinrank.train.ranker_cost import gflop_per_request, ms_per_request
+    from pinrank.train.ranker_data import build_ranker_data
+
+    torch.set_num_threads(threads)
+    t_all = time.time()
+    try:
+        ds = load_dataset(data)
+        snaps = build_daily_snapshots(pinnerformer, ds, int(ds.meta["start_ms"]), int(ds.meta["end_ms"]))
+        train, evaluation = build_ranker_data(ds, snaps).split(ds.train_end_ms)
+    except (DatasetError, SnapshotError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if evaluation.num_impressions == 0:
+        raise click.ClickException(f"{data}: no impressions after train_end_ms to evaluate on")
+    progress = sys.stderr.isatty()
+    rows: dict[str, Any] = {}
+    for name, overrides in VARIANTS.items():
+        if only and name not in only:
+            continue
+        model_cfg = replace(RankerConfig(), **overrides)
+        cfg = replace(TrainConfig(), steps=steps)
+        result = train_ranker(train, ds.item_emb, model_cfg, cfg, out=work / f"{name}.pt", eval_data=evaluation,
+                              progress=progress)
+        model = result.model.eval()
+        cost = {n: (gflop_per_request(model, n), ms_per_request(model, n, repeats=cost_repeats)) for n in COST_N}
+        rows[name] = {"config": overrides, **variant_row(result.metrics, cost),
+                      "train_seconds": round(result.seconds, 1)}
+        r = rows[name]
+        click.echo(f"{name:<18} save AUC {r['auc']['save']:.4f} HIT@3 {r['hit_at_3']['save']:.4f} | hide HIT@3 "
+                   f"{r['hit_at_3']['hide']:.4f} | {r['gflop_per_request']:.3f} GFLOP {r['ms_per_request']:.1f} ms "
+                   f"@N=500 | {r['train_seconds']:.0f} s")
+    report = {"data": str(data), "pinnerformer": str(pinnerformer), "steps": steps,
+              "eval_requests": evaluation.num_requests, "threads": threads, "variants": rows,
+              "total_seconds": round(time.time() - t_all, 1)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    out.with_suffix(".md").write_text(render_markdown(report))
+    click.echo(f"wrote {out} and {out.with_suffix('.md')} ({report['total_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
