@@ -94,3 +94,12 @@ def write_json(path: str | Path, obj: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, sort_keys=True))
     return path
+
+
+def write_report(out: str | Path, report: dict[str, Any], markdown: str) -> str:
+    """Write an evaluation report as OUT (JSON) and OUT with .md; return a one-line summary."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    out.with_suffix(".md").write_text(markdown)
+    return f"wrote {out} and {out.with_suffix('.md')} ({report.get('total_seconds', 0):.0f} s)"

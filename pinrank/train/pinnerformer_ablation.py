@@ -8,7 +8,6 @@ paper §5.3).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import replace
@@ -18,6 +17,7 @@ from typing import Any
 import click
 
 from pinrank import schema
+from pinrank.train.common import write_report
 
 #: (objective, negatives, logq) rows, the paper's comparisons first.
 VARIANTS: tuple[tuple[str, str, bool], ...] = (
@@ -119,10 +119,7 @@ def main(data: Path, out: Path, work: Path, steps: int, threads: int, only: tupl
     report = {"data": str(data), "steps": steps, "eval_window_days": eval_window_days,
               "future_window_days": future_window_days, "variants": rows, "baselines": baselines,
               "inference": inference, "total_seconds": round(time.time() - t_all, 1)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    out.with_suffix(".md").write_text(render_markdown(report))
-    click.echo(f"wrote {out} and {out.with_suffix('.md')} ({report['total_seconds']:.0f} s)")
+    click.echo(write_report(out, report, render_markdown(report)))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ lower for hide. `hit_at_3_own_head` ranks by the head's own probability.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import replace
@@ -27,6 +26,7 @@ from typing import Any
 import click
 
 from pinrank import schema
+from pinrank.train.common import write_report
 
 #: name -> RankerConfig overrides.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -122,10 +122,7 @@ def main(data: Path, pinnerformer: Path, out: Path, work: Path, steps: int, thre
     report = {"data": str(data), "pinnerformer": str(pinnerformer), "steps": steps,
               "eval_requests": evaluation.num_requests, "threads": threads, "variants": rows,
               "total_seconds": round(time.time() - t_all, 1)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    out.with_suffix(".md").write_text(render_markdown(report))
-    click.echo(f"wrote {out} and {out.with_suffix('.md')} ({report['total_seconds']:.0f} s)")
+    click.echo(write_report(out, report, render_markdown(report)))
 
 
 if __name__ == "__main__":
