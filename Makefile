@@ -14,7 +14,7 @@ ML_SRC ?= ../shared/data/ml-latest-small
 ML_DATA := $(A)/data/ml
 PYTEST_ARGS ?=
 
-.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer eval-pinnerformer-ml eval-ranker test test-fast clean
+.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer eval-pinnerformer-ml eval-ranker eval-ranker-ml test test-fast clean
 .DEFAULT_GOAL := help
 
 help: ## List the targets
@@ -58,9 +58,7 @@ demo: export ## Everything: data, train, export, serve, rank via the SDK -> resu
 eval-pinnerformer: $(DATA)/meta.json ## PinnerFormer ablations (objective x negatives) -> results/pinnerformer.json
 	$(PY) -m pinrank.train.pinnerformer_ablation --data $(DATA) --out results/pinnerformer.json
 
-eval-pinnerformer-ml: setup ## The same on MovieLens (ML_SRC=...; global time split, whole remainder as eval) -> results/pinnerformer_ml.json
-	@test -f $(ML_SRC)/ratings.csv || { echo "no MovieLens at $(ML_SRC) (set ML_SRC=path/to/ml-latest-small)"; exit 2; }
-	test -f $(ML_DATA)/meta.json || $(PINRANK) data import --format movielens --src $(ML_SRC) --out $(ML_DATA)
+eval-pinnerformer-ml: $(ML_DATA)/meta.json ## The same on MovieLens (ML_SRC=...; global time split, whole remainder as eval) -> results/pinnerformer_ml.json
 	$(PY) -m pinrank.train.pinnerformer_ablation --data $(ML_DATA) --out results/pinnerformer_ml.json \
 		--work $(A)/ablation_ml --eval-window-days 1000 --steps 500 \
 		--variants dense_all_action-mixed --variants all_action-mixed --variants next_action-mixed \
@@ -68,6 +66,18 @@ eval-pinnerformer-ml: setup ## The same on MovieLens (ML_SRC=...; global time sp
 
 eval-ranker: $(PF_CKPT) ## Ranker ablations (early/fused/no-realtime/no-PinnerFormer/avg-pool) + cost -> results/ranker.json
 	$(PY) -m pinrank.train.ranker_ablation --data $(DATA) --pinnerformer $(PF_CKPT) --out results/ranker.json
+
+ML_PF_CKPT := $(A)/checkpoints/pinnerformer_ml.pt
+$(ML_DATA)/meta.json: | setup
+	@test -f $(ML_SRC)/ratings.csv || { echo "no MovieLens at $(ML_SRC) (set ML_SRC=path/to/ml-latest-small)"; exit 2; }
+	$(PINRANK) data import --format movielens --src $(ML_SRC) --out $(ML_DATA)
+$(ML_PF_CKPT): $(ML_DATA)/meta.json
+	$(PINRANK) train pinnerformer --data $(ML_DATA) --out $@ --steps 500 --no-eval
+
+eval-ranker-ml: $(ML_PF_CKPT) ## The ranker ablations on MovieLens (rating + 4 sampled negatives per request; fused-layout variants, 400 steps) -> results/ranker_ml.json
+	$(PY) -m pinrank.train.ranker_ablation --data $(ML_DATA) --pinnerformer $(ML_PF_CKPT) --out results/ranker_ml.json \
+		--work $(A)/ranker_ablation_ml --steps 400 --variants full_fused --variants no_realtime \
+		--variants no_pinnerformer --variants avgpool_realtime
 
 test: setup ## Unit + real-Triton integration tests
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
