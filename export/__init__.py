@@ -1,1 +1,1 @@
-"""Export: eager -> TorchScript, parity gate, Triton repository writer."""
+"""Export: eager -> TorchScript / ONNX / TensorRT, per-format parity gate, Triton repository writer."""

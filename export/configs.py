@@ -3,9 +3,11 @@
 (never string templates), for a target profile:
 
 - `cpu`: every step is a Python-backend model on KIND_CPU; the ranker's
-  model.py hosts TorchScript (the pip-installed server has no libtorch backend).
-- `gpu`: the same graph, with the ranker on the native `pytorch_libtorch`
-  backend on KIND_GPU (NVIDIA's Triton container); pre/post stay on CPU.
+  model.py hosts TorchScript or ONNX Runtime (`cpu_runtime`; the
+  pip-installed server has no libtorch/onnxruntime backend).
+- `gpu`: the same graph, with the ranker on a native backend on KIND_GPU
+  (NVIDIA's Triton container): `pytorch_libtorch` (ranker.pt) or
+  `tensorrt_plan` (model.plan), per `gpu_backend`; pre/post stay on CPU.
 """
 
 from __future__ import annotations
@@ -18,6 +20,14 @@ from tritonclient.grpc import model_config_pb2 as mc
 from pinrank import schema
 
 PROFILES = ("cpu", "gpu")
+#: What hosts the ranker inside the cpu profile's Python backend.
+CPU_RUNTIMES = ("torchscript", "onnxruntime")
+#: The gpu profile's native ranker backend.
+GPU_BACKENDS = ("libtorch", "tensorrt")
+#: File each gpu backend loads from the ranker's version directory.
+GPU_MODEL_FILES = {"libtorch": "ranker.pt", "tensorrt": "model.plan"}
+#: gpu backend -> Triton (backend, platform).
+_GPU_PLATFORMS = {"libtorch": ("pytorch", "pytorch_libtorch"), "tensorrt": ("tensorrt", "tensorrt_plan")}
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,20 @@ class ProfileSettings:
     preprocess_instances: int = 1
     ranker_instances: int = 1
     postprocess_instances: int = 1
+    cpu_runtime: str = "torchscript"
+    gpu_backend: str = "libtorch"
+    #: Ranker warmup: candidates per warmup request and how many requests
+    #: (0 disables). TorchScript's profiling executor optimises the graph over
+    #: its first calls and CUDA/TensorRT allocate lazily, so without warmup the
+    #: first real requests after a (re)load pay for it.
+    warmup_candidates: int = 500
+    warmup_count: int = 2
+
+    def __post_init__(self) -> None:
+        if self.cpu_runtime not in CPU_RUNTIMES:
+            raise ValueError(f"unknown cpu_runtime {self.cpu_runtime!r}; expected one of {CPU_RUNTIMES}")
+        if self.gpu_backend not in GPU_BACKENDS:
+            raise ValueError(f"unknown gpu_backend {self.gpu_backend!r}; expected one of {GPU_BACKENDS}")
 
 
 def _tensor(cls: type, s: schema.TensorSpec, *, optional: bool | None = None):  # type: ignore[no-untyped-def]
@@ -66,25 +90,47 @@ def postprocess_config(settings: ProfileSettings) -> mc.ModelConfig:
     )
 
 
+def ranker_warmup(settings: ProfileSettings) -> list[mc.ModelWarmup]:
+    """Zero-filled ranker requests: id 0 is the padding/unknown id, so zeros
+    are a valid request (unknown candidates, empty history) for every input,
+    unlike random ids, which could index past the embedding tables."""
+    if settings.warmup_count <= 0:
+        return []
+    n = settings.warmup_candidates
+    if not 1 <= n <= schema.MAX_CANDIDATES:
+        raise ValueError(f"warmup_candidates must be in 1..{schema.MAX_CANDIDATES}, got {n}")
+    warm = mc.ModelWarmup(name=f"zeros_n{n}", batch_size=1, count=settings.warmup_count)
+    for s in schema.RANKER_INPUTS:
+        warm.inputs[s.name].CopyFrom(mc.ModelWarmup.Input(
+            data_type=mc.DataType.Value("TYPE_" + s.triton_dtype),
+            dims=[n if d == -1 else d for d in s.shape], zero_data=True))
+    return [warm]
+
+
 def ranker_config(profile: str, settings: ProfileSettings) -> mc.ModelConfig:
+    cfg = _ranker_config(profile, settings)
+    cfg.model_warmup.extend(ranker_warmup(settings))
+    return cfg
+
+
+def _ranker_config(profile: str, settings: ProfileSettings) -> mc.ModelConfig:
     if profile == "cpu":
         return _python_model(
             schema.RANKER_MODEL, schema.RANKER_INPUTS, schema.RANKER_OUTPUTS, settings.ranker_instances
         )
     if profile != "gpu":
         raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
-    cfg = mc.ModelConfig(
-        name=schema.RANKER_MODEL,
-        backend="pytorch",
-        platform="pytorch_libtorch",
-        max_batch_size=0,
-        default_model_filename="ranker.pt",
-    )
+    # A tensorrt plan's optimisation profile (export/tensorrt_engine.py) covers
+    # 1..MAX_CANDIDATES candidates at L = REALTIME_SEQ_LEN: the same dims as here.
+    backend, platform = _GPU_PLATFORMS[settings.gpu_backend]
+    cfg = mc.ModelConfig(name=schema.RANKER_MODEL, backend=backend, platform=platform, max_batch_size=0,
+                         default_model_filename=GPU_MODEL_FILES[settings.gpu_backend])
+    if settings.gpu_backend == "libtorch":
+        # inference_mode skips autograd bookkeeping on every request.
+        cfg.parameters["INFERENCE_MODE"].string_value = "true"
     cfg.input.extend(_tensor(mc.ModelInput, s) for s in schema.RANKER_INPUTS)
     cfg.output.extend(_tensor(mc.ModelOutput, s) for s in schema.RANKER_OUTPUTS)
     cfg.instance_group.append(_instances("KIND_GPU", settings.ranker_instances))
-    # inference_mode skips autograd bookkeeping on every request.
-    cfg.parameters["INFERENCE_MODE"].string_value = "true"
     return cfg
 
 

@@ -4,8 +4,14 @@ Layout (names from the schema):
 
     <repo>/pinrank/config.pbtxt, 1/            ensemble
     <repo>/preprocess/config.pbtxt, <v>/model.py, <v>/_vendor/, <v>/artifacts/
-    <repo>/ranker/config.pbtxt, <v>/ranker.pt [+ model.py on cpu]
+    <repo>/ranker/config.pbtxt, <v>/ranker.pt, <v>/ranker.onnx
+                                [+ model.py, _vendor/ on cpu; + model.plan on gpu]
     <repo>/postprocess/config.pbtxt, <v>/model.py, <v>/_vendor/
+
+Whichever ranker formats the export produced ship side by side (the
+artifact a profile does not load costs disk only, and lets a deployment
+switch runtime without re-exporting); the config and, on cpu, model.py pick
+the one that runs (ProfileSettings.cpu_runtime / gpu_backend).
 
 Each publish adds version <v> = (highest existing) + 1 to every step model;
 version directories are assembled under a hidden temporary name and renamed
@@ -30,6 +36,11 @@ from pinrank.vocab import ItemVocab
 from pinrank.export.configs import ProfileSettings, profile_configs, to_pbtxt
 
 PYTHON_MODELS_DIR = Path(__file__).resolve().parent.parent / "model_repository" / "python_models"
+
+#: cpu profile: the Python-backend model.py hosting each runtime.
+CPU_RANKER_SOURCES = {"torchscript": "ranker_torchscript.py", "onnxruntime": "ranker_onnxruntime.py"}
+#: Ranker artifact file names inside a version directory.
+TORCHSCRIPT_FILE, ONNX_FILE, PLAN_FILE = "ranker.pt", "ranker.onnx", "model.plan"
 
 #: numpy-only modules the Python-backend models import, vendored per version.
 VENDORED_MODULES = (
@@ -84,19 +95,49 @@ def _write_text_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _ranker_files(profile: str, settings: ProfileSettings, torchscript: Path | None, onnx: Path | None,
+                  plan: Path | None) -> dict[str, Path]:
+    """Version-dir name -> source for the ranker; raises if the runtime's artifact is missing."""
+    files = {TORCHSCRIPT_FILE: torchscript, ONNX_FILE: onnx}
+    if profile == "cpu":
+        runtime = f"cpu_runtime={settings.cpu_runtime}"
+        needed = ONNX_FILE if settings.cpu_runtime == "onnxruntime" else TORCHSCRIPT_FILE
+    else:
+        files[PLAN_FILE] = plan  # arch-specific: pointless on the cpu profile
+        runtime = f"gpu_backend={settings.gpu_backend}"
+        needed = PLAN_FILE if settings.gpu_backend == "tensorrt" else TORCHSCRIPT_FILE
+    if files.get(needed) is None:
+        raise ValueError(f"{profile} profile with {runtime} needs {needed}, which this export did not produce")
+    return {name: src for name, src in files.items() if src is not None}
+
+
 def write_repository(
     repo: str | Path,
     profile: str,
-    ranker_torchscript: str | Path,
+    ranker_torchscript: str | Path | None,
     vocab: ItemVocab,
     snapshot: UserSnapshot,
     manifest: dict | None = None,
     settings: ProfileSettings | None = None,
+    *,
+    ranker_onnx: str | Path | None = None,
+    ranker_plan: str | Path | None = None,
 ) -> PublishedVersion:
-    """Publish a new version of the ensemble's step models into `repo`."""
+    """Publish a new version of the ensemble's step models into `repo`.
+
+    `ranker_onnx` ships as ranker.onnx and `ranker_plan` (gpu profile only)
+    as model.plan, next to ranker.pt; `settings` says which one runs.
+    """
     repo = Path(repo)
-    repo.mkdir(parents=True, exist_ok=True)
+    settings = settings or ProfileSettings()
     configs = profile_configs(profile, settings)
+    ranker_files = _ranker_files(
+        profile, settings,
+        Path(ranker_torchscript) if ranker_torchscript is not None else None,
+        Path(ranker_onnx) if ranker_onnx is not None else None,
+        Path(ranker_plan) if ranker_plan is not None else None,
+    )
+    repo.mkdir(parents=True, exist_ok=True)
     version = _next_version(repo)
     staged: list[tuple[Path, Path]] = []
     try:
@@ -107,7 +148,7 @@ def write_repository(
             python_source = {
                 schema.PREPROCESS_MODEL: "preprocess.py",
                 schema.POSTPROCESS_MODEL: "postprocess.py",
-                schema.RANKER_MODEL: "ranker_torchscript.py" if profile == "cpu" else None,
+                schema.RANKER_MODEL: CPU_RANKER_SOURCES[settings.cpu_runtime] if profile == "cpu" else None,
             }[name]
             if python_source:
                 shutil.copyfile(PYTHON_MODELS_DIR / python_source, tmp / "model.py")
@@ -117,9 +158,12 @@ def write_repository(
                 vocab.save(tmp / "artifacts" / ITEM_IDS_FILE)
                 snapshot.save(tmp / "artifacts" / SNAPSHOT_DIR)
             if name == schema.RANKER_MODEL:
-                shutil.copyfile(ranker_torchscript, tmp / "ranker.pt")
+                for file_name, src in ranker_files.items():
+                    shutil.copyfile(src, tmp / file_name)
+            runtime = settings.cpu_runtime if profile == "cpu" else settings.gpu_backend
             (tmp / "manifest.json").write_text(
-                json.dumps({"profile": profile, "version": version, **(manifest or {})}, indent=2, sort_keys=True)
+                json.dumps({"profile": profile, "version": version, "ranker_runtime": runtime,
+                            "ranker_files": sorted(ranker_files), **(manifest or {})}, indent=2, sort_keys=True)
             )
         ensemble_version = repo / schema.ENSEMBLE_MODEL / "1"
         ensemble_version.mkdir(parents=True, exist_ok=True)

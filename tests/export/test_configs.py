@@ -2,7 +2,7 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from pinrank import schema
-from pinrank.export.configs import PROFILES, parse_pbtxt, profile_configs, to_pbtxt
+from pinrank.export.configs import PROFILES, ProfileSettings, parse_pbtxt, profile_configs, ranker_config, to_pbtxt
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -44,3 +44,22 @@ def test_top_k_is_optional_and_dtypes_match():
 def test_unknown_profile_is_rejected():
     with pytest.raises(ValueError, match="unknown profile"):
         profile_configs("tpu")
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_ranker_warmup_is_a_valid_zero_request_of_the_contract(profile: str):
+    cfg = ranker_config(profile, ProfileSettings(warmup_candidates=7, warmup_count=3))
+    (warm,) = cfg.model_warmup
+    assert warm.count == 3 and warm.batch_size == 1
+    assert set(warm.inputs) == {s.name for s in schema.RANKER_INPUTS}
+    for s in schema.RANKER_INPUTS:
+        w = warm.inputs[s.name]
+        assert list(w.dims) == [7 if d == -1 else d for d in s.shape]
+        assert w.zero_data and w.data_type == mc.DataType.Value("TYPE_" + s.triton_dtype)
+    assert parse_pbtxt(to_pbtxt(cfg)) == cfg
+
+
+def test_ranker_warmup_can_be_disabled_and_is_range_checked():
+    assert not ranker_config("cpu", ProfileSettings(warmup_count=0)).model_warmup
+    with pytest.raises(ValueError, match="warmup_candidates"):
+        ranker_config("cpu", ProfileSettings(warmup_candidates=schema.MAX_CANDIDATES + 1))

@@ -1,0 +1,89 @@
+"""The cpu profile exported with `--cpu-runtime onnxruntime`, served by the real
+tritonserver: the ranker step runs ranker.onnx in ONNX Runtime inside the
+Python backend, and the ensemble must match the eager pipeline within 1e-4.
+
+Export inputs are untrained (tests/export_inputs.py): parity, not quality,
+is under test, and no training run is needed."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import request_cases  # tests/ is on sys.path via tests/conftest.py
+from export_inputs import make_export_inputs
+from request_cases import make_request
+from pf_data import DAY_MS, START_MS
+from pinrank import schema
+
+pytestmark = [pytest.mark.triton, pytest.mark.slow]
+
+REQ_TS = START_MS + 50 * DAY_MS  # inside the toy dataset's span
+
+
+@pytest.fixture(scope="module")
+def ort_profile(tmp_path_factory):
+    from pinrank.cli import main
+
+    root = tmp_path_factory.mktemp("ort_profile")
+    inputs = make_export_inputs(root / "inputs", num_items=300, num_users=60)
+    args = ["export", *inputs.cli_args(), "--out", str(root / "repo"), "--target", "cpu",
+            "--cpu-runtime", "onnxruntime", "--results", str(root / "export.json")]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return root, inputs
+
+
+@pytest.fixture(scope="module")
+def ort_server(ort_profile):
+    from pinrank.serving.tritonserver import running_server
+
+    root, _ = ort_profile
+    with running_server(root / "repo" / "cpu", log_path=root / "tritonserver.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def reference(ort_profile):
+    """preprocess -> eager ranker -> postprocess on the artifacts the server loaded."""
+    from pinrank.models.ranker import load_serving_module
+    from pinrank.serving.pipeline import InProcessRanker
+    from pinrank.serving.preprocess import Preprocessor
+
+    root, inputs = ort_profile
+    return InProcessRanker(Preprocessor.from_dir(root / "repo" / "cpu" / schema.PREPROCESS_MODEL / "1" / "artifacts"),
+                           load_serving_module(inputs.ranker))
+
+
+def test_the_ranker_step_is_onnxruntime(ort_profile):
+    root, _ = ort_profile
+    version = root / "repo" / "cpu" / schema.RANKER_MODEL / "1"
+    assert "import onnxruntime" in (version / "model.py").read_text()
+    assert (version / "ranker.onnx").stat().st_size > 0
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert manifest["ranker_runtime"] == "onnxruntime" and "onnx" in manifest["formats"]
+    assert manifest["parity"]["onnx"]["passed"]
+
+
+def _request(rng: np.random.Generator, preprocessor, **kw) -> dict[str, np.ndarray]:
+    return make_request(preprocessor.vocab.item_ids, preprocessor.snapshot.user_ids, rng, REQ_TS, **kw)
+
+
+CASES = {k: v for k, v in request_cases.CASES.items() if k != "default_top_k"}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_onnxruntime_ensemble_matches_eager(ort_server, reference, case):
+    import tritonclient.http as httpclient
+
+    from pinrank_client._triton import build_inputs, read_outputs
+
+    req = _request(np.random.default_rng(zlib.crc32(case.encode())), reference.pre, **CASES[case])
+    client = httpclient.InferenceServerClient(ort_server.http_url)
+    served = read_outputs(client.infer(schema.ENSEMBLE_MODEL, build_inputs(httpclient, req)))
+    expected = reference.rank(req)
+    request_cases.assert_same_ranking(served, expected, int(req["top_k"][0]))
