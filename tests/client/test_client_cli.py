@@ -1,5 +1,6 @@
 """The CLI: help, input errors, exit codes, output formats (no server)."""
 
+import dataclasses
 import json
 import socket
 
@@ -122,9 +123,11 @@ class FakeClient:
 
     requests = []
     health_status = Health("grpc://fake:1", True, True, True)
+    kwargs = {}
 
     def __init__(self, url, protocol=None, **kw):
         self.url = "grpc://fake:1"
+        FakeClient.kwargs = kw
 
     def __enter__(self):
         return self
@@ -144,10 +147,11 @@ class FakeClient:
             model_name="pinrank",
             model_version="2",
             latency_ms=1.25,
+            url="grpc://fake:1",
         )
 
-    def health(self):
-        return FakeClient.health_status
+    def health_all(self):
+        return [FakeClient.health_status]
 
 
 @pytest.fixture
@@ -246,3 +250,48 @@ def test_timeout_exits_4(fake, monkeypatch):
     monkeypatch.setattr(FakeClient, "rank_request", slow)
     result = run("rank", "--user-id", "1", "--candidates", "1")
     assert result.exit_code == 4 and "within 0.1 s" in one_error_line(result)
+
+
+def test_rank_without_validation_lets_the_server_judge(fake):
+    result = run("rank", "--user-id", "1", "--candidates", ",".join(map(str, range(1001))), "--no-validate", "--json")
+    assert result.exit_code == 0, result.output
+    assert fake.requests[0].num_candidates == 1001 and fake.kwargs["validate"] is False
+
+
+def test_rank_reports_attempts_when_it_retried(fake, monkeypatch):
+    original = FakeClient.rank_request
+
+    def retried(self, request):
+        return dataclasses.replace(original(self, request), attempts=3)
+
+    monkeypatch.setattr(FakeClient, "rank_request", retried)
+    result = run("rank", "--user-id", "1", "--candidates", "1,2")
+    assert result.stdout.splitlines()[-1].endswith("after 3 attempts")
+    out = json.loads(run("rank", "--user-id", "1", "--candidates", "1,2", "--json").stdout)
+    assert out["attempts"] == 3 and out["url"] == "grpc://fake:1"
+
+
+def test_health_of_several_servers(monkeypatch):
+    statuses = [Health("grpc://a:1", False, False, False, "grpc://a:1 is unavailable: refused"),
+                Health("grpc://b:1", True, True, True)]
+    monkeypatch.setattr(cli.RankingClient, "health_all", lambda self: statuses)
+    result = run("health", "--url", "a:1,b:1")
+    assert result.exit_code == 0, result.output
+    assert "server        grpc://a:1" in result.stdout and "live          no  (grpc://a:1 is unavailable" in result.stdout
+    assert "model ready   yes" in result.stdout
+    result = run("health", "--url", "a:1,b:1", "--json")
+    assert [s["url"] for s in json.loads(result.stdout)] == ["grpc://a:1", "grpc://b:1"]
+    statuses[1] = Health("grpc://b:1", True, False, False)
+    result = run("health", "--url", "a:1,b:1")
+    assert result.exit_code == 3 and "model 'pinrank' is not ready at grpc://b:1" in one_error_line(result)
+
+
+def test_several_unreachable_servers_exit_3_with_one_line():
+    ports = [closed_port(), closed_port()]
+    urls = ",".join(f"127.0.0.1:{p}" for p in ports)
+    result = run("health", "--url", urls, "--timeout", "2")
+    assert result.exit_code == 3
+    line = one_error_line(result)
+    assert all(f"grpc://127.0.0.1:{p} is unavailable" in line for p in ports)
+    result = run("rank", "--url", urls, "--retries", "1", "--user-id", "1", "--candidates", "1")
+    assert result.exit_code == 3 and "is unavailable" in one_error_line(result)

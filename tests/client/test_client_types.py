@@ -319,3 +319,30 @@ def test_malformed_response_is_a_server_error(mutate, message):
     mutate(out)
     with pytest.raises(ServerError, match=message):
         RankResponse.from_arrays(out)
+
+
+def test_validation_can_be_left_to_the_server():
+    too_many = range(schema.MAX_CANDIDATES + 1)
+    with pytest.raises(InvalidRequestError, match="too many candidates"):
+        RankRequest(1, too_many, request_ts_ms=NOW)
+    lax = RankRequest(1, too_many, request_ts_ms=NOW, validate=False)
+    arrays = lax.to_arrays()
+    assert arrays["candidate_ids"].shape == (schema.MAX_CANDIDATES + 1,)
+    assert {a.dtype for a in arrays.values()} == {np.dtype(np.int64)}
+    assert RankRequest.from_dict({"user_id": 1, "candidate_ids": []}, validate=False).num_candidates == 0
+    assert RankRequest.from_arrays(1, [1], action_types=[99], action_item_ids=[1], action_ts_ms=[1],
+                                   validate=False).to_arrays()["action_types"].tolist() == [99]
+    # Types are always checked: a float id cannot even be encoded as INT64.
+    with pytest.raises(InvalidRequestError, match="must hold integers"):
+        RankRequest(1, [1.5], validate=False)
+    # replace() goes through __init__ with validate=True: it re-validates.
+    with pytest.raises(InvalidRequestError, match="too many candidates"):
+        dataclasses.replace(lax, top_k=3)
+
+
+def test_response_says_where_it_came_from():
+    resp = RankResponse.from_arrays(outputs(2), url="grpc://a:1", attempts=2)
+    assert (resp.url, resp.attempts) == ("grpc://a:1", 2)
+    d = resp.to_dict()
+    assert (d["url"], d["attempts"]) == ("grpc://a:1", 2)
+    assert RankResponse.from_arrays(outputs(1)).attempts == 1

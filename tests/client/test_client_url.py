@@ -2,7 +2,7 @@
 
 import pytest
 
-from pinrank_client import parse_url
+from pinrank_client import parse_url, parse_urls
 from pinrank_client._url import Endpoint
 
 
@@ -53,3 +53,36 @@ def test_endpoint_url_round_trips():
 def test_parse_errors(url, protocol, message):
     with pytest.raises(ValueError, match=message):
         parse_url(url, protocol)
+
+
+@pytest.mark.parametrize(
+    "urls, expected",
+    [
+        ("h:1", ["grpc://h:1"]),
+        ("h:1,h:2", ["grpc://h:1", "grpc://h:2"]),
+        (" http://a:1 , http://b:2 ", ["http://a:1", "http://b:2"]),
+        (["grpc://a", "b:9"], ["grpc://a:8001", "grpc://b:9"]),
+        ("a:1,a:1,grpc://a:1", ["grpc://a:1"]),  # duplicates would skew round robin
+    ],
+)
+def test_parse_urls(urls, expected):
+    assert [e.url for e in parse_urls(urls)] == expected
+
+
+@pytest.mark.parametrize(
+    "urls, message",
+    [
+        ("grpc://a:1,http://b:2", "one protocol"),
+        ("a:1,,b:2", "empty server URL"),
+        ("", "empty server URL"),
+        ([], "no server URL"),
+        ([1], "must be strings"),
+    ],
+)
+def test_parse_urls_errors(urls, message):
+    with pytest.raises(ValueError, match=message):
+        parse_urls(urls)
+
+
+def test_bare_urls_follow_protocol():
+    assert {e.protocol for e in parse_urls("a:1,b:2", "http")} == {"http"}

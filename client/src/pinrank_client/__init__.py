@@ -10,8 +10,8 @@ Importing this package is cheap and never imports tritonclient, torch or the
 """
 
 from pinrank_client import errors, schema
-from pinrank_client._retry import RetryPolicy
-from pinrank_client._url import Endpoint, parse_url
+from pinrank_client._retry import RetryEvent, RetryPolicy
+from pinrank_client._url import Endpoint, parse_url, parse_urls
 from pinrank_client.client import AsyncRankingClient, Health, RankingClient
 from pinrank_client.errors import (
     InvalidRequestError,
@@ -32,8 +32,10 @@ __all__ = [
     "AsyncRankingClient",
     "Health",
     "RetryPolicy",
+    "RetryEvent",
     "Endpoint",
     "parse_url",
+    "parse_urls",
     "Action",
     "ActionHistory",
     "RankRequest",

@@ -30,6 +30,35 @@ def build_inputs(module: ModuleType, arrays: Mapping[str, NDArray[Any]]) -> list
     return inputs
 
 
+def grpc_channel_args(backoff_s: float, max_backoff_s: float) -> list[tuple[str, int]]:
+    """tritonclient's default channel options plus a bounded reconnect backoff.
+
+    A gRPC channel whose server went away waits out its own reconnect backoff
+    (1 s growing to 120 s by default) and fails every call with UNAVAILABLE
+    meanwhile, even after the server is back. Capping it at the SDK's own
+    backoff keeps the retry policy the one thing that decides how soon a
+    recovered server is used again. (grpc.min_reconnect_backoff_ms is left
+    alone: despite its name it is the minimum *connect timeout*, and a small
+    one would break slow TLS handshakes.) Passing channel_args replaces all
+    of tritonclient's defaults, so those are repeated here.
+    """
+    from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
+
+    keepalive = KeepAliveOptions()
+    initial_ms = max(50, int(backoff_s * 1000))
+    max_ms = max(initial_ms, int(max_backoff_s * 1000))
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", initial_ms),
+        ("grpc.max_reconnect_backoff_ms", max_ms),
+    ]
+
+
 def requested_outputs(module: ModuleType) -> list[Any]:
     # Asking by name (rather than "all outputs") keeps the response to the
     # contract if the server later adds debug outputs.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 from urllib.parse import urlsplit
 
 Protocol = Literal["grpc", "http"]
@@ -78,3 +78,32 @@ def parse_url(url: str, protocol: str | None = None) -> Endpoint:
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     address = f"{host}:{port if port is not None else DEFAULT_PORTS[(proto, ssl)]}{path}"
     return Endpoint(proto, address, ssl)
+
+
+def parse_urls(urls: str | Sequence[str], protocol: str | None = None) -> list[Endpoint]:
+    """Parse one URL, a comma-separated list ("h1:8001,h2:8001") or a sequence
+    of URLs into distinct Endpoints, in the order given.
+
+    Every endpoint must speak the same protocol: a client builds one kind of
+    tensor object (gRPC or HTTP) and a mixed list is almost always a typo.
+    """
+    items = urls.split(",") if isinstance(urls, str) else list(urls)
+    if isinstance(urls, str) and not urls.strip():
+        raise ValueError("empty server URL")
+    endpoints: list[Endpoint] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"server URLs must be strings, got {item!r}")
+        if not item.strip():
+            raise ValueError(f"empty server URL in {urls!r}")
+        endpoint = parse_url(item, protocol)
+        if endpoint not in endpoints:
+            endpoints.append(endpoint)
+    if not endpoints:
+        raise ValueError("no server URL given")
+    protocols = sorted({e.protocol for e in endpoints})
+    if len(protocols) > 1:
+        raise ValueError(
+            f"all server URLs must use one protocol, got {', '.join(protocols)}: {', '.join(e.url for e in endpoints)}"
+        )
+    return endpoints

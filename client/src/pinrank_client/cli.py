@@ -108,7 +108,7 @@ def _server_options(f: F) -> F:
             default=DEFAULT_URL,
             show_default=True,
             help="Server: grpc://HOST:8001, http://HOST:8000, or HOST:PORT (gRPC unless --protocol http). "
-            "Env: PINRANK_URL.",
+            "Several, comma-separated, are used in turn with failover. Env: PINRANK_URL.",
         ),
         click.option("--protocol", type=click.Choice(["grpc", "http"]), help="Protocol, if the URL has no scheme."),
         click.option(
@@ -117,14 +117,14 @@ def _server_options(f: F) -> F:
             type=click.FloatRange(min=0, min_open=True),
             default=DEFAULT_TIMEOUT_S,
             show_default=True,
-            help="Seconds to wait for each attempt.",
+            help="Deadline in seconds for each attempt (connect, send, compute and receive).",
         ),
         click.option(
             "--retries",
             type=click.IntRange(min=0),
             default=2,
             show_default=True,
-            help="Extra attempts while the server is unreachable.",
+            help="Extra attempts (with backoff, or on the next server) while servers are unreachable.",
         ),
         click.option("--model", "model_name", default=schema.ENSEMBLE_MODEL, show_default=True, help="Model to call."),
     ]
@@ -133,9 +133,13 @@ def _server_options(f: F) -> F:
     return f
 
 
-def _client(url: str, protocol: str | None, timeout_s: float, retries: int, model_name: str) -> RankingClient:
+def _client(
+    url: str, protocol: str | None, timeout_s: float, retries: int, model_name: str, validate: bool = True
+) -> RankingClient:
     try:
-        return RankingClient(url, protocol, timeout_s=timeout_s, retries=retries, model_name=model_name)
+        return RankingClient(
+            url, protocol, timeout_s=timeout_s, retries=retries, model_name=model_name, validate=validate
+        )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--url'") from None
 
@@ -148,6 +152,16 @@ def _echo_json(data: Any) -> None:
 @click.version_option(__version__, prog_name="pinrank-client")
 def main() -> None:
     """Query the pinrank ranking service (the `pinrank` ensemble on Triton).
+
+    \b
+    Examples:
+      pinrank-client health --url localhost:8001
+      pinrank-client rank --user-id 42 --candidates 101,102,103 --top-k 2
+      pinrank-client rank --url http://ranker-a:8000,http://ranker-b:8000 \\
+          --request-file req.json --json
+      pinrank-client models --json
+
+    Run `pinrank-client COMMAND --help` for each command's options.
 
     \b
     Exit codes:
@@ -200,7 +214,7 @@ def _load_request_file(handle: IO[str]) -> dict[str, Any]:
     return data
 
 
-def _print_ranking(response: RankResponse, request: RankRequest, url: str) -> None:
+def _print_ranking(response: RankResponse, request: RankRequest) -> None:
     heads = "".join(f"  {h:>8}" for h in schema.HEADS)
     click.echo(f"{'rank':>4}  {'item_id':>12}  {'utility':>9}{heads}")
     for i, item in enumerate(response.items, 1):
@@ -210,7 +224,8 @@ def _print_ranking(response: RankResponse, request: RankRequest, url: str) -> No
     version = f" v{response.model_version}" if response.model_version else ""
     click.echo(
         f"{len(response)} of {request.num_candidates} candidates ranked by {response.model_name}{version} "
-        f"at {url} in {response.latency_ms:.2f} ms"
+        f"at {response.url} in {response.latency_ms:.2f} ms"
+        + (f" after {response.attempts} attempts" if response.attempts > 1 else "")
     )
 
 
@@ -232,6 +247,12 @@ _REQUEST_FILE_HELP = """JSON request file ('-' reads stdin); flags override its 
 @click.option("--top-k", type=int, help=f"Items to return (server default {schema.DEFAULT_TOP_K}).")
 @click.option("--request-ts-ms", type=int, help="Request time, unix ms (default: now).")
 @click.option("--request-file", type=click.File("r"), help=_REQUEST_FILE_HELP)
+@click.option(
+    "--no-validate",
+    "no_validate",
+    is_flag=True,
+    help="Skip the SDK's contract checks and let the server judge the request (for servers with other limits).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the response as JSON.")
 def rank(
     url: str,
@@ -245,6 +266,7 @@ def rank(
     top_k: int | None,
     request_ts_ms: int | None,
     request_file: IO[str] | None,
+    no_validate: bool,
     as_json: bool,
 ) -> int:
     """Rank candidate items for one user.
@@ -282,13 +304,13 @@ def rank(
         data["request_ts_ms"] = request_ts_ms
     if "user_id" not in data or "candidate_ids" not in data:
         raise InvalidRequestError("give --user-id and --candidates (or a --request-file holding them)")
-    request = RankRequest.from_dict(data)
-    with _client(url, protocol, timeout_s, retries, model_name) as client:
+    request = RankRequest.from_dict(data, validate=not no_validate)
+    with _client(url, protocol, timeout_s, retries, model_name, validate=not no_validate) as client:
         response = client.rank_request(request)
-        if as_json:
-            _echo_json(response.to_dict())
-        else:
-            _print_ranking(response, request, client.url)
+    if as_json:
+        _echo_json(response.to_dict())
+    else:
+        _print_ranking(response, request)
     return EXIT_OK
 
 
@@ -299,22 +321,39 @@ def rank(
 @_server_options
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def health(url: str, protocol: str | None, timeout_s: float, retries: int, model_name: str, as_json: bool) -> int:
-    """Exit 0 if the server is up and the model ready, else 3."""
+    """Check the server: exit 0 if the model is ready, else 3.
+
+    With several comma-separated --url values every server is checked, the
+    exit code is 0 if the model is ready on at least one, and --json prints a
+    list with one object per server instead of one object.
+    """
     with _client(url, protocol, timeout_s, retries, model_name) as client:
-        status = client.health()
+        statuses = client.health_all()
+    several = len(statuses) > 1
     if as_json:
-        _echo_json(dataclasses.asdict(status))
-    if status.error is not None:
-        _fail(status.error, EXIT_UNAVAILABLE)
-    if not as_json:
+        rows = [dataclasses.asdict(s) for s in statuses]
+        _echo_json(rows if several else rows[0])
+    else:
         yes = {True: "yes", False: "no"}
-        click.echo(f"server        {status.url}")
-        click.echo(f"live          {yes[status.live]}")
-        click.echo(f"server ready  {yes[status.server_ready]}  (every model in the repository loaded)")
-        click.echo(f"model ready   {yes[status.model_ready]}  ({model_name})")
-    if not status.model_ready:
-        _fail(f"model {model_name!r} is not ready at {status.url}", EXIT_UNAVAILABLE)
-    return EXIT_OK
+        for i, status in enumerate(statuses):
+            if status.error is not None and not several:
+                continue  # the error line below says it all
+            if i:
+                click.echo("")
+            click.echo(f"server        {status.url}")
+            if status.error is not None:
+                click.echo(f"live          no  ({status.error})")
+                continue
+            click.echo(f"live          {yes[status.live]}")
+            click.echo(f"server ready  {yes[status.server_ready]}  (every model in the repository loaded)")
+            click.echo(f"model ready   {yes[status.model_ready]}  ({model_name})")
+    if any(s.model_ready for s in statuses):
+        return EXIT_OK
+    unreachable = [s for s in statuses if s.error is not None]
+    if len(unreachable) == len(statuses):
+        _fail("; ".join(s.error or "" for s in unreachable), EXIT_UNAVAILABLE)
+    where = ", ".join(s.url for s in statuses if s.error is None)
+    _fail(f"model {model_name!r} is not ready at {where}", EXIT_UNAVAILABLE)
 
 
 # --- models -------------------------------------------------------------------

@@ -1,48 +1,67 @@
 """RankingClient (blocking) and AsyncRankingClient (asyncio) for the `pinrank` ensemble.
 
 Both are thin layers over tritonclient: build tensors from the schema, call
-`infer` with a deadline, retry only when the server was unreachable, and turn
-every failure into a PinrankError. tritonclient is imported when a client is
-created, not when pinrank_client is imported, so the request types stay usable
-(and fast to import) where tritonclient is absent.
+`infer` with a deadline, retry (and fail over between servers) only when a
+server was unreachable, and turn every failure into a PinrankError.
+tritonclient is imported when a client is created, not when pinrank_client is
+imported, so the request types stay usable (and fast to import) where
+tritonclient is absent.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
+import random
+import threading
 import time
+import weakref
 from dataclasses import dataclass
-from types import ModuleType, TracebackType
-from typing import Any, Awaitable, Callable, Iterable, NoReturn, TypeVar
+from types import TracebackType
+from typing import Any, Awaitable, Callable, Iterable, Literal, Mapping, NoReturn, Sequence, overload
 
 from numpy.typing import ArrayLike
 
 from pinrank_client import schema
-from pinrank_client._retry import RetryPolicy, acall_with_retries, call_with_retries
+from pinrank_client._retry import EndpointPool, RetryEvent, RetryPolicy, acall_with_retries, call_with_retries
 from pinrank_client._triton import (
     build_inputs,
     contract_mismatches,
+    grpc_channel_args,
     model_identity,
     normalize_index,
     normalize_metadata,
     read_outputs,
     requested_outputs,
 )
-from pinrank_client._url import Endpoint, parse_url
-from pinrank_client.errors import PinrankError, map_exception
+from pinrank_client._url import Endpoint, parse_urls
+from pinrank_client.errors import ModelNotReadyError, PinrankError, ServerUnavailableError, map_exception
 from pinrank_client.types import Action, ActionHistory, RankRequest, RankResponse
 
-__all__ = ["RankingClient", "AsyncRankingClient", "Health", "DEFAULT_URL", "DEFAULT_TIMEOUT_S"]
+__all__ = [
+    "RankingClient",
+    "AsyncRankingClient",
+    "Health",
+    "DEFAULT_URL",
+    "DEFAULT_TIMEOUT_S",
+    "DEFAULT_MAX_CONCURRENCY",
+]
 
-T = TypeVar("T")
 
 DEFAULT_URL = "localhost:8001"
 #: Generous for a first request (model warm-up); set it to your latency budget.
 DEFAULT_TIMEOUT_S = 5.0
+#: Requests rank_many keeps in flight. The ranker is compute-bound, so more
+#: than a few per server instance only queues on the server.
+DEFAULT_MAX_CONCURRENCY = 8
+
+OnRetry = Callable[[RetryEvent], object]
 
 
 @dataclass(frozen=True)
 class Health:
-    """What the server says about itself. `error` says why, when it is unreachable."""
+    """What one server says about itself. `error` says why, when it is unreachable."""
 
     url: str
     live: bool
@@ -51,12 +70,26 @@ class Health:
     error: str | None = None
 
 
-def _reraise(exc: Exception, client: _Base) -> NoReturn:
+def _best(healths: Sequence[Health]) -> Health:
+    # A ready model beats a live server beats an unreachable one; max() keeps
+    # the first of equals, so ties go to the first URL given (the primary).
+    return max(healths, key=lambda h: (h.model_ready, h.live))
+
+
+def _reraise(exc: Exception, url: str, timeout_s: float) -> NoReturn:
     """Re-raise `exc` as a PinrankError (chained) if the SDK knows what it means."""
-    mapped = map_exception(exc, url=client.url, timeout_s=client.timeout_s)
+    mapped = map_exception(exc, url=url, timeout_s=timeout_s)
     if mapped is exc:
         raise exc
     raise mapped from exc
+
+
+def _check_requests(requests: Iterable[RankRequest]) -> list[RankRequest]:
+    out = list(requests)
+    for i, request in enumerate(out):
+        if not isinstance(request, RankRequest):
+            raise TypeError(f"rank_many takes RankRequest objects; item {i} is a {type(request).__name__}")
+    return out
 
 
 class _Base:
@@ -64,42 +97,63 @@ class _Base:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         protocol: str | None,
         timeout_s: float,
         retries: int,
         backoff_s: float,
         max_backoff_s: float,
+        cooldown_s: float,
         model_name: str,
         model_version: str,
+        validate: bool,
+        max_concurrency: int,
+        headers: Mapping[str, str] | None,
+        on_retry: OnRetry | None,
     ) -> None:
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        self.endpoint: Endpoint = parse_url(url, protocol)
-        self.timeout_s = float(timeout_s)
+        self.endpoints: tuple[Endpoint, ...] = tuple(parse_urls(url, protocol))
+        self.timeout_s = self._checked_timeout(timeout_s)
         self.retry_policy = RetryPolicy(retries, backoff_s, max_backoff_s)
+        self.pool = EndpointPool(self.endpoints, cooldown_s=cooldown_s)
         self.model_name = model_name
         self.model_version = model_version
-        self._io: ModuleType  # tritonclient.grpc or .http: InferInput & co.
-        if self.endpoint.protocol == "grpc":
+        self.validate = bool(validate)
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        self.max_concurrency = int(max_concurrency)
+        self.headers: dict[str, str] | None = dict(headers) if headers else None
+        self.on_retry = on_retry
+        # Tests make jitter deterministic through this.
+        self._rand: Callable[[], float] = random.random
+        if self.protocol == "grpc":
             import tritonclient.grpc as io
-
-            # gRPC takes a deadline per call; HTTP's is set on the connection.
-            self._timeout_kw: dict[str, float] = {"client_timeout": self.timeout_s}
         else:
             import tritonclient.http as io
-
-            self._timeout_kw = {}
-        self._io = io
+        self._io = io  # InferInput & co. (the aio clients take the same objects)
         self._outputs = requested_outputs(io)
+
+    @staticmethod
+    def _checked_timeout(timeout_s: float) -> float:
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
+            raise ValueError(f"timeout_s must be a number > 0, got {timeout_s!r}")
+        return float(timeout_s)
+
+    def _deadline(self, timeout_s: float | None) -> float:
+        return self.timeout_s if timeout_s is None else self._checked_timeout(timeout_s)
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The first (primary) server."""
+        return self.endpoints[0]
 
     @property
     def url(self) -> str:
-        return self.endpoint.url
+        """The server URLs, comma-separated (the form the CLI's --url takes)."""
+        return ",".join(e.url for e in self.endpoints)
 
     @property
     def protocol(self) -> str:
-        return self.endpoint.protocol
+        return self.endpoints[0].protocol
 
     def _request(
         self,
@@ -109,64 +163,169 @@ class _Base:
         top_k: int | None,
         request_ts_ms: int | None,
     ) -> RankRequest:
-        return RankRequest(user_id, candidate_ids, actions, request_ts_ms=request_ts_ms, top_k=top_k)
+        return RankRequest(
+            user_id, candidate_ids, actions, request_ts_ms=request_ts_ms, top_k=top_k, validate=self.validate
+        )
 
-    def _response(self, result: Any, latency_ms: float) -> RankResponse:
+    def _response(self, result: Any, latency_ms: float, endpoint: Endpoint, attempts: int) -> RankResponse:
         name, version = model_identity(result, self.model_name)
         return RankResponse.from_arrays(
-            read_outputs(result), model_name=name, model_version=version, latency_ms=latency_ms
+            read_outputs(result),
+            model_name=name,
+            model_version=version,
+            latency_ms=latency_ms,
+            url=endpoint.url,
+            attempts=attempts,
         )
+
+    def _meta_kw(self) -> dict[str, Any]:
+        # gRPC returns protobufs unless asked for JSON; HTTP always returns JSON.
+        return {"as_json": True} if self.protocol == "grpc" else {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r}, model={self.model_name!r}, timeout_s={self.timeout_s})"
 
 
 class RankingClient(_Base):
-    """Blocking client. Thread-safe for gRPC; for HTTP use one client per thread.
+    """Blocking client; thread-safe for gRPC and HTTP alike.
 
-    `timeout_s` bounds each attempt; an unreachable server is retried up to
-    `retries` times with jittered exponential backoff from `backoff_s`.
-    The URL's scheme picks the protocol (http:// -> HTTP, grpc:// or bare
-    host:port -> gRPC) unless `protocol` is given.
+    `url` is one server or several (a list, or one comma-separated string):
+    calls rotate between them and fail over when one is unreachable. The
+    scheme picks the protocol (http:// -> HTTP, grpc:// or bare host:port ->
+    gRPC) unless `protocol` is given. `timeout_s` bounds each attempt and can
+    be overridden per call; an unreachable server is retried up to `retries`
+    times with jittered exponential backoff from `backoff_s`, and `on_retry`
+    is called before each retry.
     """
 
     def __init__(
         self,
-        url: str = DEFAULT_URL,
+        url: str | Sequence[str] = DEFAULT_URL,
         protocol: str | None = None,
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retries: int = 2,
         backoff_s: float = 0.05,
         max_backoff_s: float = 1.0,
+        cooldown_s: float = 1.0,
         model_name: str = schema.ENSEMBLE_MODEL,
         model_version: str = "",
+        validate: bool = True,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        headers: Mapping[str, str] | None = None,
+        on_retry: OnRetry | None = None,
     ) -> None:
-        super().__init__(url, protocol, timeout_s, retries, backoff_s, max_backoff_s, model_name, model_version)
+        super().__init__(
+            url, protocol, timeout_s, retries, backoff_s, max_backoff_s, cooldown_s,
+            model_name, model_version, validate, max_concurrency, headers, on_retry,
+        )  # fmt: skip
         # Tests swap this out to retry without waiting.
         self._sleep: Callable[[float], object] = time.sleep
-        address, ssl = self.endpoint.address, self.endpoint.ssl
-        try:
-            if self.endpoint.protocol == "grpc":
-                self._client: Any = self._io.InferenceServerClient(address, ssl=ssl)
-            else:
-                self._client = self._io.InferenceServerClient(
-                    address, ssl=ssl, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
-                )
-        except Exception as exc:
-            _reraise(exc, self)
+        self._lock = threading.Lock()
         self._closed = False
+        # gRPC clients are thread-safe: one channel per server, shared.
+        self._grpc: dict[Endpoint, Any] = {}
+        # geventhttpclient's connection pool belongs to the thread (gevent hub)
+        # that made it, so HTTP gets one client per thread and server; the
+        # list lets close() reach them and lets dead threads' clients be reaped.
+        self._local = threading.local()
+        self._http: list[tuple[weakref.ref[threading.Thread], Any]] = []
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- plumbing ---------------------------------------------------------
 
-    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            _reraise(exc, self)
+    def _make_transport(self, endpoint: Endpoint) -> Any:
+        """A new tritonclient client for `endpoint` (tests replace this)."""
+        if self.protocol == "grpc":
+            policy = self.retry_policy
+            return self._io.InferenceServerClient(
+                endpoint.address,
+                ssl=endpoint.ssl,
+                channel_args=grpc_channel_args(policy.backoff_s, policy.max_backoff_s),
+            )
+        # Every call runs under its own gevent.Timeout (see _invoke); the
+        # socket timeouts are only a backstop. They are needed because
+        # geventhttpclient tries each address a host name resolves to and
+        # treats the deadline firing during one connect as that address
+        # failing, then goes on to the next with no deadline left. The read
+        # backstop is generous so that a per-call timeout longer than the
+        # client's default still works (up to 60 s).
+        return self._io.InferenceServerClient(
+            endpoint.address,
+            ssl=endpoint.ssl,
+            concurrency=1,
+            connection_timeout=self.timeout_s,
+            network_timeout=max(self.timeout_s, 60.0),
+        )
 
-    def _retrying(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return call_with_retries(lambda: self._call(fn, *args, **kwargs), self.retry_policy, sleep=self._sleep)
+    def _transport(self, endpoint: Endpoint) -> Any:
+        if self._closed:
+            raise PinrankError("the client is closed")
+        if self.protocol == "grpc":
+            with self._lock:
+                client = self._grpc.get(endpoint)
+                if client is None:
+                    client = self._grpc[endpoint] = self._make_transport(endpoint)
+            return client
+        clients: dict[Endpoint, Any] | None = getattr(self._local, "clients", None)
+        if clients is None:
+            clients = self._local.clients = {}
+        client = clients.get(endpoint)
+        if client is None:
+            client = clients[endpoint] = self._make_transport(endpoint)
+            with self._lock:
+                self._reap_dead_threads()
+                self._http.append((weakref.ref(threading.current_thread()), client))
+        return client
+
+    def _reap_dead_threads(self) -> None:
+        # Without this, a service that spawns a thread per task would keep
+        # one open connection per thread it ever had. Called under _lock.
+        alive = []
+        for ref, client in self._http:
+            thread = ref()
+            if thread is not None and thread.is_alive():
+                alive.append((ref, client))
+            else:
+                with contextlib.suppress(Exception):
+                    client.close()
+        self._http = alive
+
+    def _invoke(self, endpoint: Endpoint, method: str, *args: Any, timeout_s: float, **kwargs: Any) -> Any:
+        """One attempt of `method` against one server, errors mapped."""
+        try:
+            fn = getattr(self._transport(endpoint), method)
+            if self.headers:
+                kwargs["headers"] = self.headers
+            if self.protocol == "grpc":
+                return fn(*args, client_timeout=timeout_s, **kwargs)
+            import gevent
+
+            # geventhttpclient fixes socket timeouts per connection, so a
+            # gevent.Timeout gives each call its own deadline. It raises an
+            # OSError subclass on purpose: geventhttpclient gives the pooled
+            # socket back on socket errors, and would leak it on a bare
+            # gevent.Timeout (a BaseException), hanging the next call.
+            with gevent.Timeout(timeout_s, TimeoutError("timed out")):
+                return fn(*args, **kwargs)
+        except PinrankError:
+            raise
+        except Exception as exc:
+            _reraise(exc, endpoint.url, timeout_s)
+
+    def _retrying(self, method: str, *args: Any, timeout_s: float, **kwargs: Any) -> tuple[Any, Endpoint, int]:
+        """`method` with retries and failover: (result, server that answered, attempts)."""
+        attempts = 0
+
+        def attempt(endpoint: Endpoint) -> tuple[Any, Endpoint]:
+            nonlocal attempts
+            attempts += 1
+            return self._invoke(endpoint, method, *args, timeout_s=timeout_s, **kwargs), endpoint
+
+        result, endpoint = call_with_retries(
+            attempt, self.retry_policy, self.pool, sleep=self._sleep, rand=self._rand, on_retry=self.on_retry
+        )
+        return result, endpoint, attempts
 
     # -- ranking ----------------------------------------------------------
 
@@ -177,75 +336,196 @@ class RankingClient(_Base):
         actions: ActionHistory | Iterable[Action] = (),
         top_k: int | None = None,
         request_ts_ms: int | None = None,
+        *,
+        timeout_s: float | None = None,
     ) -> RankResponse:
-        """Rank `candidate_ids` for `user_id` given their recent `actions`."""
-        return self.rank_request(self._request(user_id, candidate_ids, actions, top_k, request_ts_ms))
+        """Rank `candidate_ids` for `user_id` given their recent `actions`.
 
-    def rank_request(self, request: RankRequest) -> RankResponse:
+        `timeout_s` overrides the client's per-attempt timeout for this call.
+        """
+        request = self._request(user_id, candidate_ids, actions, top_k, request_ts_ms)
+        return self.rank_request(request, timeout_s=timeout_s)
+
+    def rank_request(self, request: RankRequest, *, timeout_s: float | None = None) -> RankResponse:
+        """Send a prepared RankRequest (validated when it was built)."""
+        deadline = self._deadline(timeout_s)
         inputs = build_inputs(self._io, request.to_arrays())
         start = time.perf_counter()
-        result = self._retrying(
-            self._client.infer,
+        result, endpoint, attempts = self._retrying(
+            "infer",
             self.model_name,
             inputs,
             model_version=self.model_version,
             outputs=self._outputs,
-            **self._timeout_kw,
+            timeout_s=deadline,
         )
-        return self._response(result, (time.perf_counter() - start) * 1000.0)
+        return self._response(result, (time.perf_counter() - start) * 1000.0, endpoint, attempts)
+
+    @overload
+    def rank_many(
+        self,
+        requests: Iterable[RankRequest],
+        *,
+        timeout_s: float | None = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> list[RankResponse]: ...
+
+    @overload
+    def rank_many(
+        self,
+        requests: Iterable[RankRequest],
+        *,
+        timeout_s: float | None = ...,
+        return_exceptions: Literal[True],
+    ) -> list[RankResponse | PinrankError]: ...
+
+    def rank_many(
+        self,
+        requests: Iterable[RankRequest],
+        *,
+        timeout_s: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list[RankResponse] | list[RankResponse | PinrankError]:
+        """Rank many requests concurrently (up to `max_concurrency` in flight).
+
+        Results come back in the order of `requests`. Each request is retried
+        on its own. By default the first failure is raised and the requests
+        not yet started are dropped; with `return_exceptions=True` a failed
+        request's PinrankError takes its place in the list instead (anything
+        else, i.e. a bug, is still raised).
+        """
+        batch = _check_requests(requests)
+        self._deadline(timeout_s)  # a bad timeout fails here, not n times in the pool
+        if not batch:
+            return []
+        executor = self._get_executor()
+        futures = [executor.submit(self.rank_request, r, timeout_s=timeout_s) for r in batch]
+        try:
+            if not return_exceptions:
+                concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+                for future in futures:
+                    if future.done() and future.exception() is not None:
+                        raise future.exception()  # type: ignore[misc]
+                return [f.result() for f in futures]
+            out: list[RankResponse | PinrankError] = []
+            for future in futures:
+                exc = future.exception()
+                if exc is None:
+                    out.append(future.result())
+                elif isinstance(exc, PinrankError):
+                    out.append(exc)
+                else:
+                    raise exc
+            return out
+        finally:
+            for future in futures:
+                future.cancel()  # no-op for the finished and the running
+
+    def _get_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._closed:
+                raise PinrankError("the client is closed")
+            if self._executor is None:
+                # Threads, not one gevent loop: they serve gRPC and HTTP alike,
+                # and each keeps its connections open for the next batch.
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=self.max_concurrency, thread_name_prefix="pinrank-client"
+                )
+            return self._executor
 
     # -- health & metadata ------------------------------------------------
 
-    def is_live(self) -> bool:
-        """True if the server process answers; False if it does not (never raises)."""
+    def _flag(self, endpoint: Endpoint, method: str, *args: Any, timeout_s: float) -> bool:
         try:
-            return bool(self._call(self._client.is_server_live, **self._timeout_kw))
+            return bool(self._invoke(endpoint, method, *args, timeout_s=timeout_s))
         except PinrankError:
             return False
 
-    def is_ready(self) -> bool:
-        """True if the ranking model is loaded and can serve (never raises)."""
+    def _probe(self, endpoint: Endpoint, timeout_s: float) -> Health:
         try:
-            return bool(
-                self._call(self._client.is_model_ready, self.model_name, self.model_version, **self._timeout_kw)
-            )
-        except PinrankError:
-            return False
-
-    def health(self) -> Health:
-        """Liveness and readiness in one call (never raises)."""
-        try:
-            live = bool(self._call(self._client.is_server_live, **self._timeout_kw))
-            server_ready = bool(self._call(self._client.is_server_ready, **self._timeout_kw))
-            model_ready = bool(
-                self._call(self._client.is_model_ready, self.model_name, self.model_version, **self._timeout_kw)
-            )
+            live = bool(self._invoke(endpoint, "is_server_live", timeout_s=timeout_s))
         except PinrankError as exc:
-            return Health(self.url, False, False, False, error=str(exc))
-        return Health(self.url, live, server_ready, model_ready)
+            return Health(endpoint.url, False, False, False, error=str(exc))
+        server_ready = self._flag(endpoint, "is_server_ready", timeout_s=timeout_s)
+        model_ready = self._flag(endpoint, "is_model_ready", self.model_name, self.model_version, timeout_s=timeout_s)
+        return Health(endpoint.url, live, server_ready, model_ready)
 
-    def model_metadata(self) -> dict[str, Any]:
-        """The ranking model's name, versions, platform, inputs and outputs."""
-        kw: dict[str, Any] = {"as_json": True, **self._timeout_kw} if self.protocol == "grpc" else {}
-        return normalize_metadata(
-            self._retrying(self._client.get_model_metadata, self.model_name, self.model_version, **kw)
+    def health_all(self, *, timeout_s: float | None = None) -> list[Health]:
+        """Each server's liveness and readiness, in the order given (never raises)."""
+        deadline = self._deadline(timeout_s)
+        return [self._probe(endpoint, deadline) for endpoint in self.endpoints]
+
+    def health(self, *, timeout_s: float | None = None) -> Health:
+        """The healthiest server's status: one whose model is ready if any (never raises)."""
+        return _best(self.health_all(timeout_s=timeout_s))
+
+    def is_live(self, *, timeout_s: float | None = None) -> bool:
+        """True if any server answers (never raises)."""
+        deadline = self._deadline(timeout_s)
+        return any(self._flag(e, "is_server_live", timeout_s=deadline) for e in self.endpoints)
+
+    def is_ready(self, *, timeout_s: float | None = None) -> bool:
+        """True if the ranking model is loaded on any server (never raises)."""
+        deadline = self._deadline(timeout_s)
+        return any(
+            self._flag(e, "is_model_ready", self.model_name, self.model_version, timeout_s=deadline)
+            for e in self.endpoints
         )
 
-    def check_contract(self) -> list[str]:
-        """How the served model's inputs/outputs differ from the schema (empty = they match)."""
-        return contract_mismatches(self.model_metadata())
+    def wait_until_ready(self, timeout_s: float = 60.0, *, poll_s: float = 0.25) -> Health:
+        """Block until the ranking model is ready on some server, e.g. at service start.
 
-    def list_models(self) -> list[dict[str, str]]:
+        Raises ServerUnavailableError if no server answered within `timeout_s`,
+        ModelNotReadyError if one answered but the model never became ready.
+        """
+        deadline = time.monotonic() + self._checked_timeout(timeout_s)
+        while True:
+            health = self.health(timeout_s=min(self.timeout_s, max(deadline - time.monotonic(), 0.05)))
+            if health.model_ready:
+                return health
+            if time.monotonic() >= deadline:
+                _not_ready(health, self.model_name, timeout_s)
+            self._sleep(poll_s)
+
+    def model_metadata(self, *, timeout_s: float | None = None) -> dict[str, Any]:
+        """The ranking model's name, versions, platform, inputs and outputs."""
+        meta, _, _ = self._retrying(
+            "get_model_metadata",
+            self.model_name,
+            self.model_version,
+            timeout_s=self._deadline(timeout_s),
+            **self._meta_kw(),
+        )
+        return normalize_metadata(meta)
+
+    def check_contract(self, *, timeout_s: float | None = None) -> list[str]:
+        """How the served model's inputs/outputs differ from the schema (empty = they match)."""
+        return contract_mismatches(self.model_metadata(timeout_s=timeout_s))
+
+    def list_models(self, *, timeout_s: float | None = None) -> list[dict[str, str]]:
         """The server's model repository: name, version, state, reason per model."""
-        kw: dict[str, Any] = {"as_json": True, **self._timeout_kw} if self.protocol == "grpc" else {}
-        return normalize_index(self._retrying(self._client.get_model_repository_index, **kw))
+        index, _, _ = self._retrying(
+            "get_model_repository_index", timeout_s=self._deadline(timeout_s), **self._meta_kw()
+        )
+        return normalize_index(index)
 
     # -- lifecycle --------------------------------------------------------
 
     def close(self) -> None:
-        if not self._closed:
+        """Close every connection. Calls after close() raise PinrankError."""
+        with self._lock:
+            if self._closed:
+                return
             self._closed = True
-            self._client.close()
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            clients = list(self._grpc.values()) + [client for _, client in self._http]
+            self._grpc, self._http = {}, []
+        for client in clients:
+            with contextlib.suppress(Exception):  # closing must reach every client
+                client.close()
 
     def __enter__(self) -> RankingClient:
         return self
@@ -256,61 +536,93 @@ class RankingClient(_Base):
         self.close()
 
 
+def _not_ready(health: Health, model_name: str, timeout_s: float) -> NoReturn:
+    if not health.live:
+        raise ServerUnavailableError(f"no server answered within {timeout_s:g} s: {health.error}")
+    raise ModelNotReadyError(f"model {model_name!r} not ready at {health.url} after {timeout_s:g} s")
+
+
 class AsyncRankingClient(_Base):
     """asyncio client (tritonclient.grpc.aio / tritonclient.http.aio); same
     arguments and behaviour as RankingClient. Safe to share between tasks of
-    one event loop. The connection is opened on first use, inside the loop."""
+    one event loop. Connections are opened on first use, inside the loop."""
 
     def __init__(
         self,
-        url: str = DEFAULT_URL,
+        url: str | Sequence[str] = DEFAULT_URL,
         protocol: str | None = None,
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retries: int = 2,
         backoff_s: float = 0.05,
         max_backoff_s: float = 1.0,
+        cooldown_s: float = 1.0,
         model_name: str = schema.ENSEMBLE_MODEL,
         model_version: str = "",
+        validate: bool = True,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        headers: Mapping[str, str] | None = None,
+        on_retry: OnRetry | None = None,
     ) -> None:
-        super().__init__(url, protocol, timeout_s, retries, backoff_s, max_backoff_s, model_name, model_version)
-        self._sleep: Callable[[float], Awaitable[object]] | None = None  # None = asyncio.sleep
-        self._client: Any = None
+        super().__init__(
+            url, protocol, timeout_s, retries, backoff_s, max_backoff_s, cooldown_s,
+            model_name, model_version, validate, max_concurrency, headers, on_retry,
+        )  # fmt: skip
+        self._sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
+        self._clients: dict[Endpoint, Any] = {}
         self._closed = False
 
-    def _get_client(self) -> Any:
+    def _make_transport(self, endpoint: Endpoint) -> Any:
+        """A new tritonclient aio client for `endpoint` (tests replace this)."""
+        if self.protocol == "grpc":
+            import tritonclient.grpc.aio as grpc_aio
+
+            policy = self.retry_policy
+            return grpc_aio.InferenceServerClient(
+                endpoint.address,
+                ssl=endpoint.ssl,
+                channel_args=grpc_channel_args(policy.backoff_s, policy.max_backoff_s),
+            )
+        import tritonclient.http.aio as http_aio
+
+        # No session-wide timeout: every call gets its own (see _invoke).
+        return http_aio.InferenceServerClient(endpoint.address, ssl=endpoint.ssl, conn_timeout=None)
+
+    def _transport(self, endpoint: Endpoint) -> Any:
         # aiohttp sessions and grpc.aio channels bind to the running loop, so
         # they are created on first use rather than in __init__.
         if self._closed:
             raise PinrankError("the client is closed")
-        if self._client is None:
-            address, ssl = self.endpoint.address, self.endpoint.ssl
-            try:
-                if self.protocol == "grpc":
-                    import tritonclient.grpc.aio as aio
+        client = self._clients.get(endpoint)
+        if client is None:
+            client = self._clients[endpoint] = self._make_transport(endpoint)
+        return client
 
-                    self._client = aio.InferenceServerClient(address, ssl=ssl)
-                else:
-                    import tritonclient.http.aio as aio
-
-                    self._client = aio.InferenceServerClient(address, ssl=ssl, conn_timeout=self.timeout_s)
-            except Exception as exc:
-                _reraise(exc, self)
-        return self._client
-
-    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def _invoke(self, endpoint: Endpoint, method: str, *args: Any, timeout_s: float, **kwargs: Any) -> Any:
         try:
-            return await getattr(self._get_client(), method)(*args, **kwargs)
-        except Exception as exc:
-            _reraise(exc, self)
+            fn = getattr(self._transport(endpoint), method)
+            if self.headers:
+                kwargs["headers"] = self.headers
+            if self.protocol == "grpc":
+                return await fn(*args, client_timeout=timeout_s, **kwargs)
+            return await asyncio.wait_for(fn(*args, **kwargs), timeout_s)
+        except PinrankError:
+            raise
+        except Exception as exc:  # CancelledError is a BaseException: cancellation passes through
+            _reraise(exc, endpoint.url, timeout_s)
 
-    async def _retrying(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        def attempt() -> Awaitable[Any]:
-            return self._call(method, *args, **kwargs)
+    async def _retrying(self, method: str, *args: Any, timeout_s: float, **kwargs: Any) -> tuple[Any, Endpoint, int]:
+        attempts = 0
 
-        if self._sleep is None:
-            return await acall_with_retries(attempt, self.retry_policy)
-        return await acall_with_retries(attempt, self.retry_policy, sleep=self._sleep)
+        async def attempt(endpoint: Endpoint) -> tuple[Any, Endpoint]:
+            nonlocal attempts
+            attempts += 1
+            return await self._invoke(endpoint, method, *args, timeout_s=timeout_s, **kwargs), endpoint
+
+        result, endpoint = await acall_with_retries(
+            attempt, self.retry_policy, self.pool, sleep=self._sleep, rand=self._rand, on_retry=self.on_retry
+        )
+        return result, endpoint, attempts
 
     async def rank(
         self,
@@ -319,62 +631,158 @@ class AsyncRankingClient(_Base):
         actions: ActionHistory | Iterable[Action] = (),
         top_k: int | None = None,
         request_ts_ms: int | None = None,
+        *,
+        timeout_s: float | None = None,
     ) -> RankResponse:
         """Rank `candidate_ids` for `user_id` given their recent `actions`."""
-        return await self.rank_request(self._request(user_id, candidate_ids, actions, top_k, request_ts_ms))
+        request = self._request(user_id, candidate_ids, actions, top_k, request_ts_ms)
+        return await self.rank_request(request, timeout_s=timeout_s)
 
-    async def rank_request(self, request: RankRequest) -> RankResponse:
+    async def rank_request(self, request: RankRequest, *, timeout_s: float | None = None) -> RankResponse:
+        deadline = self._deadline(timeout_s)
         inputs = build_inputs(self._io, request.to_arrays())
         start = time.perf_counter()
-        result = await self._retrying(
+        result, endpoint, attempts = await self._retrying(
             "infer",
             self.model_name,
             inputs,
             model_version=self.model_version,
             outputs=self._outputs,
-            **self._timeout_kw,
+            timeout_s=deadline,
         )
-        return self._response(result, (time.perf_counter() - start) * 1000.0)
+        return self._response(result, (time.perf_counter() - start) * 1000.0, endpoint, attempts)
 
-    async def is_live(self) -> bool:
+    @overload
+    async def rank_many(
+        self,
+        requests: Iterable[RankRequest],
+        *,
+        timeout_s: float | None = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> list[RankResponse]: ...
+
+    @overload
+    async def rank_many(
+        self,
+        requests: Iterable[RankRequest],
+        *,
+        timeout_s: float | None = ...,
+        return_exceptions: Literal[True],
+    ) -> list[RankResponse | PinrankError]: ...
+
+    async def rank_many(
+        self,
+        requests: Iterable[RankRequest],
+        *,
+        timeout_s: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list[RankResponse] | list[RankResponse | PinrankError]:
+        """Rank many requests concurrently; see RankingClient.rank_many.
+
+        On the first failure (return_exceptions=False) the other requests are
+        cancelled, not left running behind the caller's back.
+        """
+        batch = _check_requests(requests)
+        self._deadline(timeout_s)
+        gate = asyncio.Semaphore(self.max_concurrency)
+
+        async def one(request: RankRequest) -> RankResponse:
+            async with gate:
+                return await self.rank_request(request, timeout_s=timeout_s)
+
+        tasks = [asyncio.ensure_future(one(r)) for r in batch]
         try:
-            return bool(await self._call("is_server_live", **self._timeout_kw))
+            if not return_exceptions:
+                return list(await asyncio.gather(*tasks))
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for item in results:
+                if isinstance(item, BaseException) and not isinstance(item, PinrankError):
+                    raise item
+            return list(results)  # type: ignore[arg-type]
+        finally:
+            for task in tasks:
+                task.cancel()  # no-op for the finished ones
+
+    async def _flag(self, endpoint: Endpoint, method: str, *args: Any, timeout_s: float) -> bool:
+        try:
+            return bool(await self._invoke(endpoint, method, *args, timeout_s=timeout_s))
         except PinrankError:
             return False
 
-    async def is_ready(self) -> bool:
+    async def _probe(self, endpoint: Endpoint, timeout_s: float) -> Health:
         try:
-            return bool(await self._call("is_model_ready", self.model_name, self.model_version, **self._timeout_kw))
-        except PinrankError:
-            return False
-
-    async def health(self) -> Health:
-        try:
-            live = bool(await self._call("is_server_live", **self._timeout_kw))
-            server_ready = bool(await self._call("is_server_ready", **self._timeout_kw))
-            model_ready = bool(
-                await self._call("is_model_ready", self.model_name, self.model_version, **self._timeout_kw)
-            )
+            live = bool(await self._invoke(endpoint, "is_server_live", timeout_s=timeout_s))
         except PinrankError as exc:
-            return Health(self.url, False, False, False, error=str(exc))
-        return Health(self.url, live, server_ready, model_ready)
+            return Health(endpoint.url, False, False, False, error=str(exc))
+        server_ready = await self._flag(endpoint, "is_server_ready", timeout_s=timeout_s)
+        model_ready = await self._flag(
+            endpoint, "is_model_ready", self.model_name, self.model_version, timeout_s=timeout_s
+        )
+        return Health(endpoint.url, live, server_ready, model_ready)
 
-    async def model_metadata(self) -> dict[str, Any]:
-        kw: dict[str, Any] = {"as_json": True, **self._timeout_kw} if self.protocol == "grpc" else {}
-        return normalize_metadata(await self._retrying("get_model_metadata", self.model_name, self.model_version, **kw))
+    async def health_all(self, *, timeout_s: float | None = None) -> list[Health]:
+        """Each server's liveness and readiness, in the order given (never raises)."""
+        deadline = self._deadline(timeout_s)
+        return list(await asyncio.gather(*(self._probe(e, deadline) for e in self.endpoints)))
 
-    async def check_contract(self) -> list[str]:
-        return contract_mismatches(await self.model_metadata())
+    async def health(self, *, timeout_s: float | None = None) -> Health:
+        """The healthiest server's status: one whose model is ready if any (never raises)."""
+        return _best(await self.health_all(timeout_s=timeout_s))
 
-    async def list_models(self) -> list[dict[str, str]]:
-        kw: dict[str, Any] = {"as_json": True, **self._timeout_kw} if self.protocol == "grpc" else {}
-        return normalize_index(await self._retrying("get_model_repository_index", **kw))
+    async def is_live(self, *, timeout_s: float | None = None) -> bool:
+        deadline = self._deadline(timeout_s)
+        flags = await asyncio.gather(*(self._flag(e, "is_server_live", timeout_s=deadline) for e in self.endpoints))
+        return any(flags)
+
+    async def is_ready(self, *, timeout_s: float | None = None) -> bool:
+        deadline = self._deadline(timeout_s)
+        flags = await asyncio.gather(
+            *(
+                self._flag(e, "is_model_ready", self.model_name, self.model_version, timeout_s=deadline)
+                for e in self.endpoints
+            )
+        )
+        return any(flags)
+
+    async def wait_until_ready(self, timeout_s: float = 60.0, *, poll_s: float = 0.25) -> Health:
+        """Wait until the ranking model is ready on some server; see RankingClient.wait_until_ready."""
+        deadline = time.monotonic() + self._checked_timeout(timeout_s)
+        while True:
+            health = await self.health(timeout_s=min(self.timeout_s, max(deadline - time.monotonic(), 0.05)))
+            if health.model_ready:
+                return health
+            if time.monotonic() >= deadline:
+                _not_ready(health, self.model_name, timeout_s)
+            await self._sleep(poll_s)
+
+    async def model_metadata(self, *, timeout_s: float | None = None) -> dict[str, Any]:
+        meta, _, _ = await self._retrying(
+            "get_model_metadata",
+            self.model_name,
+            self.model_version,
+            timeout_s=self._deadline(timeout_s),
+            **self._meta_kw(),
+        )
+        return normalize_metadata(meta)
+
+    async def check_contract(self, *, timeout_s: float | None = None) -> list[str]:
+        return contract_mismatches(await self.model_metadata(timeout_s=timeout_s))
+
+    async def list_models(self, *, timeout_s: float | None = None) -> list[dict[str, str]]:
+        index, _, _ = await self._retrying(
+            "get_model_repository_index", timeout_s=self._deadline(timeout_s), **self._meta_kw()
+        )
+        return normalize_index(index)
 
     async def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            if self._client is not None:
-                await self._client.close()
+        """Close every connection. Calls after close() raise PinrankError."""
+        if self._closed:
+            return
+        self._closed = True
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.close()
 
     async def __aenter__(self) -> AsyncRankingClient:
         return self

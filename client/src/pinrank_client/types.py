@@ -210,6 +210,10 @@ class RankRequest:
     `request_ts_ms` defaults to now (fixed at creation, so retries send the
     same request); `top_k` defaults to the server's DEFAULT_TOP_K.
     `dataclasses.replace(req, top_k=10)` works and re-validates.
+
+    `validate=False` skips the contract check (limits, vocabularies,
+    timestamps) but not the type check: use it only when the server's limits
+    are known to differ from this SDK's, and let the server judge.
     """
 
     user_id: int
@@ -225,6 +229,8 @@ class RankRequest:
         actions: ActionHistory | Iterable[Action] = (),
         request_ts_ms: int | None = None,
         top_k: int | None = None,
+        *,
+        validate: bool = True,
     ) -> None:
         history = actions if isinstance(actions, ActionHistory) else ActionHistory.from_actions(actions)
         object.__setattr__(self, "user_id", _int("user_id", user_id))
@@ -242,10 +248,13 @@ class RankRequest:
         }
         if self.top_k is not None:
             tensors["top_k"] = np.array([self.top_k], dtype=np.int64)
-        try:
-            checked = validation.validate_request(tensors)
-        except validation.InvalidRequestError as exc:
-            raise InvalidRequestError(str(exc)) from None
+        if validate:
+            try:
+                checked = validation.validate_request(tensors)
+            except validation.InvalidRequestError as exc:
+                raise InvalidRequestError(str(exc)) from None
+        else:
+            checked = tensors
         # Cast per the schema, so a dtype change there reaches the wire.
         object.__setattr__(
             self, "_arrays", {name: arr.astype(_INPUT_SPECS[name].dtype, copy=False) for name, arr in checked.items()}
@@ -263,13 +272,14 @@ class RankRequest:
         action_surfaces: ArrayLike | None = None,
         request_ts_ms: int | None = None,
         top_k: int | None = None,
+        validate: bool = True,
     ) -> RankRequest:
         """Build from parallel arrays (numpy or lists), skipping per-action objects."""
         history = ActionHistory(action_item_ids, action_types, action_ts_ms, action_surfaces)
-        return cls(user_id, candidate_ids, history, request_ts_ms=request_ts_ms, top_k=top_k)
+        return cls(user_id, candidate_ids, history, request_ts_ms=request_ts_ms, top_k=top_k, validate=validate)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RankRequest:
+    def from_dict(cls, data: Mapping[str, Any], *, validate: bool = True) -> RankRequest:
         """Build from a JSON-style mapping (the CLI's --request-file format).
 
         Keys: user_id, candidate_ids, optional request_ts_ms and top_k, and the
@@ -301,7 +311,14 @@ class RankRequest:
             history = ActionHistory.from_actions(
                 _action_from_dict(i, a) for i, a in enumerate(data.get("actions") or ())
             )
-        return cls(data["user_id"], data["candidate_ids"], history, data.get("request_ts_ms"), data.get("top_k"))
+        return cls(
+            data["user_id"],
+            data["candidate_ids"],
+            history,
+            data.get("request_ts_ms"),
+            data.get("top_k"),
+            validate=validate,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping that from_dict reads back (names, not ids)."""
@@ -372,13 +389,17 @@ class RankResponse:
     """The ranked items, best first, and where/how fast they came from.
 
     `latency_ms` is the wall time of the inference call(s), retries included,
-    excluding request building and response parsing.
+    excluding request building and response parsing. `url` is the server that
+    answered and `attempts` how many tries it took (1 = no retry), which is
+    what you want in a log line when a fleet misbehaves.
     """
 
     items: list[RankedItem]
     model_name: str
     model_version: str
     latency_ms: float
+    url: str = ""
+    attempts: int = 1
 
     @classmethod
     def from_arrays(
@@ -388,6 +409,8 @@ class RankResponse:
         model_name: str = schema.ENSEMBLE_MODEL,
         model_version: str = "",
         latency_ms: float = 0.0,
+        url: str = "",
+        attempts: int = 1,
     ) -> RankResponse:
         """Parse the ensemble's output tensors; raises ServerError if they break the contract."""
         missing = [name for name in _OUTPUT_SPECS if arrays.get(name) is None]
@@ -406,7 +429,7 @@ class RankResponse:
                 ids.astype(np.int64).tolist(), scores.astype(np.float64).tolist(), probs.astype(np.float64).tolist()
             )
         ]
-        return cls(items, model_name, model_version, float(latency_ms))
+        return cls(items, model_name, model_version, float(latency_ms), url, int(attempts))
 
     @property
     def item_ids(self) -> list[int]:
@@ -424,6 +447,8 @@ class RankResponse:
             "model_name": self.model_name,
             "model_version": self.model_version,
             "latency_ms": round(self.latency_ms, 3),
+            "url": self.url,
+            "attempts": self.attempts,
             "heads": list(schema.HEADS),
             "items": [
                 {
