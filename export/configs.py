@@ -37,7 +37,7 @@ class ProfileSettings:
     preprocess_instances: int = 1
     ranker_instances: int = 1
     postprocess_instances: int = 1
-    cpu_runtime: str = "torchscript"
+    cpu_runtime: str = "onnxruntime"  # the faster on CPU: docs/benchmarks.md
     gpu_backend: str = "libtorch"
     #: Ranker warmup: candidates per warmup request and how many requests
     #: (0 disables). TorchScript's profiling executor optimises the graph over

@@ -176,10 +176,10 @@ def test_cli_default_formats_ship_onnx_next_to_torchscript(tmp_path, inputs):
 
 def test_cli_onnx_only_still_produces_what_the_runtime_serves(tmp_path, inputs):
     r = _export([*inputs.cli_args(), "--out", tmp_path / "repo", "--results", tmp_path / "export.json",
-                 "--target", "cpu", "--formats", "onnx"])
+                 "--target", "cpu", "--formats", "onnx", "--cpu-runtime", "torchscript"])
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "export.json").read_text())
-    assert report["formats"]["torchscript"]["passed"]  # the default cpu runtime serves ranker.pt
+    assert report["formats"]["torchscript"]["passed"]  # the chosen cpu runtime serves ranker.pt
 
 
 def test_cli_rejects_unknown_formats(tmp_path, inputs):

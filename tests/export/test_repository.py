@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from pinrank import schema
-from pinrank.export.configs import parse_pbtxt
+from pinrank.export.configs import ProfileSettings, parse_pbtxt
 from pinrank.export.parity import ParityError, edge_cases
 from pinrank.export.repository import write_repository
 from pinrank.export.torchscript import export_torchscript
@@ -75,8 +75,9 @@ def test_parity_gate_passes_and_publishes_versions(tmp_path, artifacts):
     ts, report = export_torchscript(BagOfActions(), tmp_path / "ranker.pt", NUM_ITEMS)
     assert report.passed and set(report.max_abs_diff) == set(edge_cases(NUM_ITEMS))
     repo = tmp_path / "repo"
-    first = write_repository(repo, "cpu", ts, *artifacts, manifest={"k": 1})
-    second = write_repository(repo, "cpu", ts, *artifacts)
+    torchscript = ProfileSettings(cpu_runtime="torchscript")
+    first = write_repository(repo, "cpu", ts, *artifacts, manifest={"k": 1}, settings=torchscript)
+    second = write_repository(repo, "cpu", ts, *artifacts, settings=torchscript)
     assert (first.version, second.version) == (1, 2)
     for name in (schema.PREPROCESS_MODEL, schema.RANKER_MODEL, schema.POSTPROCESS_MODEL):
         assert sorted(p.name for p in (repo / name).iterdir()) == ["1", "2", "config.pbtxt"]  # no staging left
@@ -86,6 +87,13 @@ def test_parity_gate_passes_and_publishes_versions(tmp_path, artifacts):
     assert (v2 / "_vendor" / "pinrank_client" / "validation.py").exists()
     assert (repo / schema.RANKER_MODEL / "2" / "ranker.pt").exists()
     assert (repo / schema.ENSEMBLE_MODEL / "1").is_dir()
+
+
+def test_default_cpu_runtime_needs_the_onnx_artifact(tmp_path, artifacts):
+    ts, _ = export_torchscript(BagOfActions(), tmp_path / "ranker.pt", NUM_ITEMS)
+    with pytest.raises(ValueError, match="needs ranker.onnx"):
+        write_repository(tmp_path / "repo", "cpu", ts, *artifacts)
+    assert not any((tmp_path / "repo").glob("*/[0-9]*"))  # nothing published
 
 
 def test_gpu_profile_has_no_python_ranker(tmp_path, artifacts):
@@ -108,7 +116,7 @@ def test_vendored_modules_import_without_the_installed_packages(tmp_path, artifa
     import sys
 
     ts, _ = export_torchscript(BagOfActions(), tmp_path / "ranker.pt", NUM_ITEMS)
-    write_repository(tmp_path / "repo", "cpu", ts, *artifacts)
+    write_repository(tmp_path / "repo", "cpu", ts, *artifacts, settings=ProfileSettings(cpu_runtime="torchscript"))
     vendor = tmp_path / "repo" / schema.PREPROCESS_MODEL / "1" / "_vendor"
     site_packages = str(Path(np.__file__).resolve().parent.parent)
     # -S: no .pth processing, so the editable installs of pinrank are invisible.

@@ -122,7 +122,7 @@ def test_cli_gpu_backend_tensorrt_where_unusable_fails_cleanly(tmp_path, inputs,
 
 def test_cli_records_why_tensorrt_was_skipped(tmp_path, inputs, no_tensorrt):
     r = _export([*inputs.cli_args(), "--out", tmp_path / "repo", "--results", tmp_path / "e.json",
-                 "--target", "cpu", "--formats", "torchscript"])
+                 "--target", "cpu", "--formats", "torchscript", "--cpu-runtime", "torchscript"])
     assert r.exit_code == 0, r.output
     formats = json.loads((tmp_path / "e.json").read_text())["formats"]
     assert formats["tensorrt"] == {"skipped": "TensorRT is not importable (test)"}

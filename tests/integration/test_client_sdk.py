@@ -324,7 +324,10 @@ def test_connections_are_reused(server, flavour, protocol):
                 return _client_ports_to(port)
 
         during = asyncio.run(main())
-    assert len(during - before) == 1, (before, during)  # fifteen calls, one connection
+    # Fifteen calls, at most one new connection. gRPC core keeps a process-wide
+    # subchannel pool, so a client may even ride a connection an earlier
+    # client to the same server left open (no new port at all).
+    assert during and len(during - before) <= 1, (before, during)
 
 
 # --- the CLI -------------------------------------------------------------------------------------
