@@ -13,8 +13,10 @@ REPO := model_repository
 ML_SRC ?= ../shared/data/ml-latest-small
 ML_DATA := $(A)/data/ml
 PYTEST_ARGS ?=
+LOADTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer eval-pinnerformer-ml eval-ranker eval-ranker-ml test test-fast clean
+.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer eval-pinnerformer-ml eval-ranker eval-ranker-ml loadtest bench test test-fast clean
 .DEFAULT_GOAL := help
 
 help: ## List the targets
@@ -78,6 +80,12 @@ eval-ranker-ml: $(ML_PF_CKPT) ## The ranker ablations on MovieLens (rating + 4 s
 	$(PY) -m pinrank.train.ranker_ablation --data $(ML_DATA) --pinnerformer $(ML_PF_CKPT) --out results/ranker_ml.json \
 		--work $(A)/ranker_ablation_ml --steps 400 --variants full_fused --variants no_realtime \
 		--variants no_pinnerformer --variants avgpool_realtime
+
+loadtest: export ## Locust sweep (1,2,4,8 users) + 2-min run at the best one on a started server -> results/loadtest.{json,png}, results/loadtest/ (LOADTEST_ARGS=...)
+	$(PY) loadtest/run_loadtest.py --repository $(REPO)/cpu --data $(DATA) --out-dir results $(LOADTEST_ARGS)
+
+bench: export ## In-process vs Triton latency, time per step, early vs fused, instance counts -> results/bench.json (BENCH_ARGS=...)
+	$(PY) loadtest/bench.py --repository $(REPO)/cpu --ranker $(RANKER_CKPT) --data $(DATA) --out results/bench.json $(BENCH_ARGS)
 
 test: setup ## Unit + real-Triton integration tests
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import Callable
 
 import click
 import numpy as np
 
 from pinrank import schema
+from pinrank_client._triton import build_inputs
 
 
-def _request(rng: np.random.Generator, vocab_ids: np.ndarray, users: np.ndarray, n: int, length: int) -> dict:
+def make_request(rng: np.random.Generator, vocab_ids: np.ndarray, users: np.ndarray, n: int, length: int) -> dict:
     now = 1_769_990_400_000
     return {
         "user_id": np.array([rng.choice(users)], np.int64),
@@ -32,7 +35,28 @@ def _request(rng: np.random.Generator, vocab_ids: np.ndarray, users: np.ndarray,
     }
 
 
-def _percentiles(ms: list[float]) -> dict[str, float]:
+def time_calls(fn: Callable[[dict], object], reqs: list[dict], warmup: int) -> list[float]:
+    """Milliseconds of each call of `fn` on `reqs`, the first `warmup` calls dropped."""
+    ms = []
+    for i, r in enumerate(reqs):
+        t = time.perf_counter()
+        fn(r)
+        if i >= warmup:
+            ms.append((time.perf_counter() - t) * 1000)
+    return ms
+
+
+def triton_caller(module: ModuleType, client: object, top_k: int = 10) -> Callable[[dict], object]:
+    """One ensemble call through tritonclient `module` (grpc or http), checked non-empty."""
+
+    def call(r: dict) -> object:
+        res = client.infer(schema.ENSEMBLE_MODEL, build_inputs(module, r))  # type: ignore[attr-defined]
+        assert res.as_numpy("item_ids").size == top_k, "empty or short response"
+        return res
+    return call
+
+
+def percentiles(ms: list[float]) -> dict[str, float]:
     a = np.asarray(ms)
     return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
             "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())}
@@ -59,35 +83,21 @@ def main(repository: Path, ranker: Path, candidates: int, actions: int, num_requ
     from pinrank.serving.pipeline import InProcessRanker
     from pinrank.serving.preprocess import Preprocessor
     from pinrank.serving.tritonserver import running_server
-    from pinrank_client._triton import build_inputs
 
     torch.set_num_threads(1)  # the server's ranker instance runs on one thread too
     latest = max((repository / schema.PREPROCESS_MODEL).glob("[0-9]*"), key=lambda p: int(p.name))
     pre = Preprocessor.from_dir(latest / "artifacts")
     local = InProcessRanker(pre, load_serving_module(ranker))
     rng = np.random.default_rng(0)
-    reqs = [_request(rng, pre.vocab.item_ids, pre.snapshot.user_ids, candidates, actions)
+    reqs = [make_request(rng, pre.vocab.item_ids, pre.snapshot.user_ids, candidates, actions)
             for _ in range(num_requests + warmup)]
 
-    def timed(fn) -> list[float]:  # type: ignore[no-untyped-def]
-        ms = []
-        for i, r in enumerate(reqs):
-            t = time.perf_counter()
-            fn(r)
-            if i >= warmup:
-                ms.append((time.perf_counter() - t) * 1000)
-        return ms
-
-    results = {"in_process": _percentiles(timed(local.rank))}
+    results = {"in_process": percentiles(time_calls(local.rank, reqs, warmup))}
     with running_server(repository) as server:
         for name, module, url in (("triton_grpc", grpcclient, server.grpc_url),
                                   ("triton_http", httpclient, server.http_url)):
-            client = module.InferenceServerClient(url)
-
-            def call(r, client=client, module=module):  # type: ignore[no-untyped-def]
-                res = client.infer(schema.ENSEMBLE_MODEL, build_inputs(module, r))
-                assert res.as_numpy("item_ids").size == 10
-            results[name] = _percentiles(timed(call))
+            call = triton_caller(module, module.InferenceServerClient(url))
+            results[name] = percentiles(time_calls(call, reqs, warmup))
     base = results["in_process"]["p50_ms"]
     click.echo(f"N={candidates} L={actions} requests={num_requests} (after {warmup} warmup), one client")
     click.echo(f"{'path':<14}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'p50 / in-process':>19}")

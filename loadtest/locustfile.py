@@ -1,69 +1,85 @@
-"""Locust load test for the `pinrank` ensemble over HTTP.
+"""Locust load test for the `pinrank` ensemble, through the pinrank-client SDK over HTTP.
 
-HTTP, not gRPC: tritonclient.http rides geventhttpclient and cooperates with
-locust's gevent loop, while tritonclient.grpc blocks it (see docs).
+HTTP, not gRPC: the SDK's HTTP transport (tritonclient.http on
+geventhttpclient) cooperates with locust's gevent loop, while tritonclient.grpc
+under gevent hung in a probe (ENVIRONMENT.md).
 
-    locust -f loadtest/locustfile.py --headless -u 4 -r 4 -t 30s --host http://127.0.0.1:8000
+    PINRANK_REQUEST_POOL=results/loadtest/requests.npz \
+        locust -f loadtest/locustfile.py --headless -u 4 -r 4 -t 30s --host http://127.0.0.1:8000
 
-Environment: PINRANK_CANDIDATES (default 500), PINRANK_ACTIONS (default 100),
-PINRANK_ITEM_ID_MAX / PINRANK_USER_ID_MAX (id ranges to draw from).
+`loadtest/run_loadtest.py` (`make loadtest`) builds the pool and runs this
+headless. Environment: PINRANK_REQUEST_POOL (an .npz from request_pool.py) or
+PINRANK_DATA (a dataset to build 2,000 requests from; default
+artifacts/data/quick), PINRANK_TIMEOUT_S (per-request deadline, default 10).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
-import tritonclient.http as httpclient
-from locust import User, between, events, task
+from locust import User, constant, events, task
 
-from pinrank_client import schema
-from pinrank_client._triton import build_inputs
+from pinrank_client import PinrankError, RankingClient
 from pinrank_client.types import RankRequest
+from request_pool import RequestPool, pool_from_dataset  # locust puts this file's folder on sys.path
 
-CANDIDATES = int(os.environ.get("PINRANK_CANDIDATES", "500"))
-ACTIONS = int(os.environ.get("PINRANK_ACTIONS", str(schema.REALTIME_SEQ_LEN)))
-ITEM_ID_MAX = int(os.environ.get("PINRANK_ITEM_ID_MAX", "5000"))
-USER_ID_MAX = int(os.environ.get("PINRANK_USER_ID_MAX", "2000"))
+TIMEOUT_S = float(os.environ.get("PINRANK_TIMEOUT_S", "10"))
+#: Per-size rows in locust's stats, next to the aggregate (cost grows with N).
+N_BUCKETS = ((100, 299), (300, 599), (600, 1000))
 
 
-def random_request(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """A contract-valid request: ids in range, history in the last 3 days."""
-    now = int(time.time() * 1000)
-    req = RankRequest.from_arrays(
-        user_id=int(rng.integers(0, USER_ID_MAX)),
-        candidate_ids=rng.choice(ITEM_ID_MAX, size=CANDIDATES, replace=False),
-        action_item_ids=rng.integers(0, ITEM_ID_MAX, size=ACTIONS),
-        action_types=rng.integers(1, schema.NUM_ACTION_IDS, size=ACTIONS),
-        action_surfaces=rng.integers(0, schema.NUM_SURFACE_IDS, size=ACTIONS),
-        action_ts_ms=now - rng.integers(0, 3 * 86_400_000, size=ACTIONS),
-        request_ts_ms=now,
-        top_k=10,
-    )
-    return req.to_arrays()
+def _load_requests() -> list[RankRequest]:
+    pool_path = os.environ.get("PINRANK_REQUEST_POOL")
+    if pool_path:
+        pool = RequestPool.load(Path(pool_path))
+    else:
+        pool = pool_from_dataset(Path(os.environ.get("PINRANK_DATA", "artifacts/data/quick")), 2000)
+    return pool.requests()
+
+
+def bucket_name(n: int) -> str:
+    lo, hi = next(((lo, hi) for lo, hi in N_BUCKETS if n <= hi), N_BUCKETS[-1])
+    return f"rank N={lo}-{hi}"
+
+
+REQUESTS: list[RankRequest] = []
+
+
+@events.init.add_listener
+def _on_init(**_: object) -> None:
+    # Once per process, before any user starts: validation and array building
+    # stay out of the timed loop.
+    REQUESTS.extend(_load_requests())
 
 
 class TritonRankUser(User):
-    wait_time = between(0, 0)
+    """One closed-loop caller: sends the next request as soon as one returns."""
+
+    wait_time = constant(0)
 
     def on_start(self) -> None:
-        host = self.host.replace("http://", "").replace("https://", "")
-        self.client = httpclient.InferenceServerClient(host, connection_timeout=10, network_timeout=30)
+        # retries=0: a failed request is a failure in the report, not a hidden retry.
+        self.client = RankingClient(self.host, protocol="http", timeout_s=TIMEOUT_S, retries=0)
         self.rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
+
+    def on_stop(self) -> None:
+        self.client.close()
 
     @task
     def rank(self) -> None:
-        inputs = build_inputs(httpclient, random_request(self.rng))
+        req = REQUESTS[int(self.rng.integers(len(REQUESTS)))]
         start = time.perf_counter()
-        exc = None
+        exc: Exception | None = None
         try:
-            result = self.client.infer(schema.ENSEMBLE_MODEL, inputs)
-            if result.as_numpy("item_ids").size == 0:
+            resp = self.client.rank_request(req)
+            if not resp.items:
                 exc = RuntimeError("empty response")
-        except Exception as e:  # every failure is reported to locust, none crash the user
+        except PinrankError as e:
             exc = e
         events.request.fire(
-            request_type="triton-http", name=f"{schema.ENSEMBLE_MODEL} N={CANDIDATES}",
+            request_type="triton-http", name=bucket_name(req.candidate_ids.size),
             response_time=(time.perf_counter() - start) * 1000, response_length=0, exception=exc, context={},
         )

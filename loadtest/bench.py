@@ -1,0 +1,312 @@
+"""What the serving design costs, on identical requests (`make bench`):
+
+  a. one request (N=500, L=100, one client, sequential) in-process with the
+     ranker in eager PyTorch, TorchScript and ONNX Runtime (the exported
+     files the repository serves), vs the Triton ensemble over HTTP and gRPC;
+  b. where the ensemble's time goes: Triton's statistics API per composing
+     model (preprocess, ranker, postprocess) over the HTTP run of (a);
+  c. early fusion (sequence encoder per candidate) vs the fused ranker
+     (encoder once per request) at N = 100, 500, 1000;
+  d. throughput (locust, closed loop) for several instance counts per step.
+
+    .venv/bin/python loadtest/bench.py --repository model_repository/cpu \
+        --ranker artifacts/checkpoints/ranker.pt --data artifacts/data/quick
+
+Writes results/bench.json: triton_over_inprocess_p50 (Triton HTTP p50 over
+in-process p50 with the runtime the repository serves), preprocess_share,
+fused_speedup_n500 and throughput_rps (best instance configuration), with
+every figure behind them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_latency import make_request, percentiles, time_calls, triton_caller  # noqa: E402
+from run_loadtest import STEPS, best_level, parse_instances, parse_users, run_locust, target_url, warm_up  # noqa: E402
+
+from pinrank import schema  # noqa: E402
+from request_pool import pool_from_dataset  # noqa: E402
+
+
+def latest_version(repository: Path, model: str) -> Path:
+    return max((repository / model).glob("[0-9]*"), key=lambda p: int(p.name))
+
+
+def stats_snapshot(client: Any) -> dict[str, dict[str, int]]:
+    """{model: {stat: ns, 'count': successes}} from Triton's statistics API."""
+    out = {}
+    for m in client.get_inference_statistics()["model_stats"]:
+        s = m["inference_stats"]
+        out[m["name"]] = {"count": int(s["success"]["count"]),
+                          **{k: int(s[k]["ns"]) for k in ("success", "queue", "compute_input",
+                                                          "compute_infer", "compute_output")}}
+    return out
+
+
+def time_breakdown(before: dict, after: dict, client_mean_ms: float) -> dict[str, Any]:
+    """Per composing model: mean ms per request (queue, compute) over the
+    interval, and its share of the client's mean end-to-end latency."""
+    out: dict[str, Any] = {}
+    for model in (schema.ENSEMBLE_MODEL, *STEPS):
+        b, a = before.get(model), after.get(model)
+        if b is None or a is None or a["count"] == b["count"]:
+            continue
+        n = a["count"] - b["count"]
+        row = {k: (a[k] - b[k]) / n / 1e6 for k in ("success", "queue", "compute_input", "compute_infer",
+                                                     "compute_output")}
+        out[model] = {"requests": n, **{f"{k}_ms": v for k, v in row.items()},
+                      "share_of_end_to_end": row["success"] / client_mean_ms}
+    steps_ms = sum(out[m]["success_ms"] for m in STEPS if m in out)
+    out["outside_models_ms"] = client_mean_ms - steps_ms  # HTTP, (de)serialization, ensemble scheduling
+    out["outside_models_share"] = out["outside_models_ms"] / client_mean_ms
+    return out
+
+
+class _OrtModule:
+    """ONNX Runtime behind the eager module's call signature, for InProcessRanker."""
+
+    def __init__(self, path: Path) -> None:
+        from pinrank.export.onnx_format import OnnxRunner
+
+        self.runner = OnnxRunner(path, threads=1)
+
+    def eval(self) -> "_OrtModule":
+        return self
+
+    def __call__(self, *args: Any) -> Any:
+        import torch
+
+        return torch.from_numpy(self.runner(*args)[0])
+
+
+def in_process_runtimes(repository: Path, ranker_ckpt: Path) -> tuple[dict[str, Any], str]:
+    """{runtime: ranker module} for the in-process pipeline, and the runtime the repository serves."""
+    import torch
+
+    from pinrank.models.ranker import load_serving_module
+
+    version = latest_version(repository, schema.RANKER_MODEL)
+    served = json.loads((version / "manifest.json").read_text())["ranker_runtime"]
+    runtimes: dict[str, Any] = {"eager": load_serving_module(ranker_ckpt)}
+    if (version / "ranker.pt").exists():
+        runtimes["torchscript"] = torch.jit.load(str(version / "ranker.pt"), map_location="cpu").eval()
+    if (version / "ranker.onnx").exists():
+        runtimes["onnxruntime"] = _OrtModule(version / "ranker.onnx")
+    return runtimes, served
+
+
+def in_process_steps(pre: Any, module: Any, reqs: list[dict], warmup: int) -> dict[str, float]:
+    """Mean ms of each step of the in-process pipeline: what the matching
+    Triton step costs beyond its own work is the serving overhead."""
+    import torch
+
+    from pinrank.serving.postprocess import top_k
+
+    prepped = [pre(r) for r in reqs]
+
+    def rank(res: Any) -> Any:
+        with torch.inference_mode():
+            return module(*[torch.from_numpy(res.ranker_inputs[s.name]) for s in schema.RANKER_INPUTS]).numpy()
+
+    probs = [rank(res) for res in prepped]
+    post = list(zip(prepped, probs))
+    ms = {"preprocess": time_calls(pre, reqs, warmup), "ranker": time_calls(rank, prepped, warmup),
+          "postprocess": time_calls(lambda x: top_k(x[0].passthrough["pp_candidate_ids"], x[1],
+                                                    int(x[0].passthrough["pp_top_k"][0])), post, warmup)}
+    return {k: float(np.mean(v)) for k, v in ms.items()}
+
+
+def bench_latency_and_shares(repository: Path, ranker_ckpt: Path, candidates: int, actions: int,
+                             num_requests: int, warmup: int) -> dict[str, Any]:
+    """(a) and (b)."""
+    import torch
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    from pinrank.serving.pipeline import InProcessRanker
+    from pinrank.serving.preprocess import Preprocessor
+    from pinrank.serving.tritonserver import running_server
+
+    torch.set_num_threads(1)  # as the served ranker instance
+    pre = Preprocessor.from_dir(latest_version(repository, schema.PREPROCESS_MODEL) / "artifacts")
+    rng = np.random.default_rng(0)
+    reqs = [make_request(rng, pre.vocab.item_ids, pre.snapshot.user_ids, candidates, actions)
+            for _ in range(num_requests + warmup)]
+    runtimes, served = in_process_runtimes(repository, ranker_ckpt)
+    latency: dict[str, dict[str, float]] = {}
+    for name, module in runtimes.items():
+        click.echo(f"  in-process {name} ...")
+        latency[f"in_process_{name}"] = percentiles(time_calls(InProcessRanker(pre, module).rank, reqs, warmup))
+    steps = in_process_steps(pre, runtimes[served], reqs, warmup)
+    with running_server(repository) as server:
+        for name, module, url in (("triton_grpc", grpcclient, server.grpc_url),
+                                  ("triton_http", httpclient, server.http_url)):
+            click.echo(f"  {name} ...")
+            call = triton_caller(module, module.InferenceServerClient(url))
+            time_calls(call, reqs[:warmup], 0)
+            if name == "triton_http":
+                stats_client = httpclient.InferenceServerClient(server.http_url)
+                before = stats_snapshot(stats_client)
+            latency[name] = percentiles(time_calls(call, reqs[warmup:], 0))
+        after = stats_snapshot(stats_client)
+    breakdown = time_breakdown(before, after, latency["triton_http"]["mean_ms"])
+    base = latency[f"in_process_{served}"]["p50_ms"]
+    return {
+        "candidates": candidates, "actions": actions, "requests": num_requests, "served_runtime": served,
+        "latency": latency,
+        "triton_over_inprocess_p50": latency["triton_http"]["p50_ms"] / base,
+        "triton_over_inprocess_p50_by_path": {
+            f"{t}/{r}": latency[t]["p50_ms"] / latency[f"in_process_{r}"]["p50_ms"]
+            for t in ("triton_http", "triton_grpc") for r in runtimes},
+        "time_breakdown": breakdown,
+        "in_process_steps_mean_ms": steps,
+        "preprocess_share": breakdown[schema.PREPROCESS_MODEL]["share_of_end_to_end"],
+        "postprocess_share": breakdown[schema.POSTPROCESS_MODEL]["share_of_end_to_end"],
+    }
+
+
+def bench_fusion(ranker_ckpt: Path, counts: tuple[int, ...], repeats: int, early_repeats: int) -> dict[str, Any]:
+    """(c): the trained ranker's sizes, random weights (cost does not depend on them), 1 thread."""
+    import torch
+
+    from pinrank.models.ranker import Ranker, load_ranker
+    from pinrank.train.ranker_cost import gflop_per_request, ms_per_request
+
+    torch.set_num_threads(1)
+    trained = load_ranker(ranker_ckpt)
+    out: dict[str, Any] = {"by_n": {}}
+    for mode in ("early", "fused"):
+        model = Ranker(dataclasses.replace(trained.config, mode=mode), num_items=trained.num_items).eval()
+        for n in counts:
+            click.echo(f"  {mode} N={n} ...")
+            reps = early_repeats if mode == "early" else repeats
+            out["by_n"].setdefault(str(n), {})[mode] = {
+                "ms": ms_per_request(model, n, repeats=reps, warmup=1 if mode == "early" else 3),
+                "gflop": gflop_per_request(model, n)}
+    for n, row in out["by_n"].items():
+        row["speedup"] = row["early"]["ms"] / row["fused"]["ms"]
+        row["flop_ratio"] = row["early"]["gflop"] / row["fused"]["gflop"]
+        out[f"fused_speedup_n{n}"] = row["speedup"]
+    return out
+
+
+def bench_throughput(repository: Path, data: Path, configs: list[tuple[int, int, int]], users: list[int],
+                     duration_s: float, work: Path) -> dict[str, Any]:
+    """(d): locust at each concurrency level for each instance configuration."""
+    pool = pool_from_dataset(data, 2000)
+    pool_path = pool.save(work / "requests.npz")
+    results: dict[str, Any] = {}
+    for cfg in configs:
+        name = "pre{}-ranker{}-post{}".format(*cfg)
+        with target_url(None, repository, work / f"tritonserver-{name}.log", cfg) as url:
+            warm_up(url, pool, 20)
+            levels = []
+            for u in users:
+                click.echo(f"  {name}, {u} users, {duration_s:g} s ...", nl=False)
+                lv = run_locust(url, u, duration_s, work / f"{name}-u{u}", pool_path, html=False)
+                click.echo(f" {lv.rps:.1f} req/s, p50 {lv.p50_ms:.0f} ms, p99 {lv.p99_ms:.0f} ms, "
+                           f"{lv.failures} failures")
+                levels.append(lv)
+        best = best_level(levels)
+        results[name] = {"levels": [lv.to_dict() for lv in levels], "best": best.to_dict()}
+    best_name = max(results, key=lambda k: results[k]["best"]["rps"])
+    return {"configs": results, "best_config": best_name, "throughput_rps": results[best_name]["best"]["rps"],
+            "throughput_users": results[best_name]["best"]["users"]}
+
+
+@click.command()
+@click.option("--repository", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              default=Path("model_repository/cpu"), show_default=True)
+@click.option("--ranker", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              default=Path("artifacts/checkpoints/ranker.pt"), show_default=True,
+              help="Checkpoint for the eager path and the sizes of the fusion comparison.")
+@click.option("--data", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              default=Path("artifacts/data/quick"), show_default=True, help="Dataset the throughput requests replay.")
+@click.option("--candidates", type=click.IntRange(1, schema.MAX_CANDIDATES), default=500, show_default=True)
+@click.option("--actions", type=click.IntRange(0, schema.MAX_REQUEST_ACTIONS), default=schema.REALTIME_SEQ_LEN,
+              show_default=True)
+@click.option("--requests", "num_requests", type=click.IntRange(min=10), default=200, show_default=True,
+              help="Timed requests per latency path.")
+@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option("--fusion-candidates", "fusion_counts", type=click.IntRange(1, schema.MAX_CANDIDATES), multiple=True,
+              default=(100, 500, 1000), show_default=True, help="N for the fusion comparison (repeat the option).")
+@click.option("--fusion-repeats", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Timed calls of the fused ranker per N.")
+@click.option("--early-repeats", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Timed calls of the early-fusion ranker per N (each costs ~50x a fused one).")
+@click.option("--configs", default="1:1:1,1:2:1,2:2:1", show_default=True, callback=parse_instances,
+              help="Instance counts PRE:RANKER:POST to compare for throughput (comma-separated).")
+@click.option("--throughput-users", default="2,4", show_default=True, callback=parse_users,
+              help="Closed-loop concurrency levels per configuration (comma-separated).")
+@click.option("--throughput-duration", type=click.FloatRange(min=1), default=15, show_default=True,
+              help="Seconds per configuration and level.")
+@click.option("--skip", type=click.Choice(["latency", "fusion", "throughput"]), multiple=True,
+              help="Leave a part out (repeat the option).")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("results/bench.json"),
+              show_default=True)
+def main(repository: Path, ranker: Path, data: Path, candidates: int, actions: int, num_requests: int, warmup: int,
+         fusion_counts: tuple[int, ...], fusion_repeats: int, early_repeats: int,
+         configs: list[tuple[int, int, int]], throughput_users: list[int], throughput_duration: float,
+         skip: tuple[str, ...], out: Path) -> None:
+    """Run the benchmarks (a)-(d) and write OUT (JSON)."""
+    report: dict[str, Any] = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "repository": str(repository), "ranker": str(ranker),
+    }
+    t0 = time.monotonic()
+    if "latency" not in skip:
+        click.echo(f"(a, b) latency N={candidates} L={actions}, {num_requests} requests per path, one client")
+        lat = bench_latency_and_shares(repository, ranker, candidates, actions, num_requests, warmup)
+        report.update(lat)
+        click.echo(f"{'path':<26}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}")
+        for name, r in lat["latency"].items():
+            click.echo(f"{name:<26}{r['p50_ms']:8.2f}{r['p90_ms']:8.2f}{r['p99_ms']:8.2f}")
+        click.echo(f"triton_over_inprocess_p50 (HTTP / in-process {lat['served_runtime']}): "
+                   f"{lat['triton_over_inprocess_p50']:.2f}")
+        for model in (schema.ENSEMBLE_MODEL, *STEPS):
+            row = lat["time_breakdown"].get(model)
+            if row:
+                click.echo(f"  {model:<12} {row['success_ms']:6.2f} ms/request (queue {row['queue_ms']:.2f}, "
+                           f"compute {row['compute_infer_ms']:.2f}), {row['share_of_end_to_end']:.1%} of end-to-end")
+        click.echo("  in-process, same runtime: " + ", ".join(
+            f"{k} {v:.2f} ms" for k, v in lat["in_process_steps_mean_ms"].items()))
+        click.echo(f"  outside the step models: {lat['time_breakdown']['outside_models_ms']:.2f} ms "
+                   f"({lat['time_breakdown']['outside_models_share']:.1%})")
+    if "fusion" not in skip:
+        click.echo(f"(c) early vs fused ranker, N in {list(fusion_counts)}")
+        fusion = bench_fusion(ranker, fusion_counts, fusion_repeats, early_repeats)
+        report["fusion"] = fusion
+        report.update({k: v for k, v in fusion.items() if k.startswith("fused_speedup_")})
+        for n, row in fusion["by_n"].items():
+            click.echo(f"  N={n}: early {row['early']['ms']:.1f} ms ({row['early']['gflop']:.2f} GFLOP), "
+                       f"fused {row['fused']['ms']:.2f} ms ({row['fused']['gflop']:.3f} GFLOP): {row['speedup']:.1f}x")
+    if "throughput" not in skip:
+        click.echo(f"(d) throughput: instance configs {configs}, users {throughput_users}")
+        thr = bench_throughput(repository, data, configs, throughput_users, throughput_duration, out.parent / "bench")
+        report["throughput"] = thr
+        report["throughput_rps"] = thr["throughput_rps"]
+        click.echo(f"  best: {thr['best_config']} at {thr['throughput_users']} users: {thr['throughput_rps']:.1f} req/s")
+    report["wall_s"] = time.monotonic() - t0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    click.echo(f"wrote {out} ({report['wall_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
