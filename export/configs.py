@@ -57,6 +57,18 @@ class ProfileSettings:
             raise ValueError(f"unknown gpu_backend {self.gpu_backend!r}; expected one of {GPU_BACKENDS}")
 
 
+def parse_instance_counts(text: str) -> tuple[int, int, int]:
+    """'PRE:RANKER:POST' instance counts (each >= 1); ValueError names what is wrong."""
+    parts = text.strip().split(":")
+    try:
+        counts = tuple(int(p) for p in parts)
+    except ValueError:
+        counts = ()
+    if len(counts) != 3 or min(counts) < 1:
+        raise ValueError(f"expected PRE:RANKER:POST instance counts, each >= 1 (e.g. 2:2:1), got {text!r}")
+    return counts  # type: ignore[return-value]
+
+
 def _tensor(cls: type, s: schema.TensorSpec, *, optional: bool | None = None):  # type: ignore[no-untyped-def]
     msg = cls(name=s.name, data_type=mc.DataType.Value("TYPE_" + s.triton_dtype), dims=list(s.shape))
     if optional if optional is not None else s.optional:

@@ -203,15 +203,17 @@ def with_instances(src: Path, dst: Path, counts: dict[str, int]) -> Path:
 
 def parse_instances(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[tuple[int, int, int]]:
     """'PRE:RANKER:POST[,...]' instance counts."""
+    from pinrank.export.configs import parse_instance_counts
+
     if value is None:
         return []
     try:
-        out = [tuple(int(x) for x in c.split(":")) for c in value.split(",") if c.strip()]
-    except ValueError:
-        out = []
-    if not out or any(len(c) != 3 or min(c) < 1 for c in out):
+        out = [parse_instance_counts(c) for c in value.split(",") if c.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if not out:
         raise click.BadParameter(f"expected PRE:RANKER:POST instance counts, comma-separated, got {value!r}")
-    return out  # type: ignore[return-value]
+    return out
 
 
 def parse_users(_ctx: click.Context, _param: click.Parameter, value: str) -> list[int]:

@@ -195,3 +195,25 @@ def test_cli_failing_required_gate_publishes_nothing(tmp_path, inputs, monkeypat
     r = _export([*inputs.cli_args(), "--out", tmp_path / "repo", "--results", tmp_path / "export.json"])
     assert r.exit_code != 0 and "onnx: parity gate failed, nothing published" in r.output
     assert not (tmp_path / "repo" / "cpu").exists() and not (tmp_path / "export.json").exists()
+
+
+def test_cli_instances_reach_every_profile_and_default_to_profile_settings(tmp_path, inputs):
+    from pinrank.export.cli import export
+    from pinrank.export.configs import ProfileSettings, parse_pbtxt
+
+    d = ProfileSettings()
+    default = next(p.default for p in export.params if p.name == "instances")
+    assert default == f"{d.preprocess_instances}:{d.ranker_instances}:{d.postprocess_instances}"
+    r = _export([*inputs.cli_args(), "--out", tmp_path / "repo", "--results", tmp_path / "e.json",
+                 "--instances", "1:3:1"])
+    assert r.exit_code == 0, r.output
+    for profile in ("cpu", "gpu"):
+        counts = [parse_pbtxt((tmp_path / "repo" / profile / m / "config.pbtxt").read_text()).instance_group[0].count
+                  for m in (schema.PREPROCESS_MODEL, schema.RANKER_MODEL, schema.POSTPROCESS_MODEL)]
+        assert counts == [1, 3, 1]
+
+
+@pytest.mark.parametrize("bad", ["1:2", "0:1:1", "a:b:c", ""])
+def test_cli_rejects_bad_instances_before_publishing(tmp_path, inputs, bad):
+    r = _export([*inputs.cli_args(), "--out", tmp_path / "repo", "--instances", bad])
+    assert r.exit_code == 2 and "PRE:RANKER:POST" in r.output and not (tmp_path / "repo").exists()
