@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import shutil
@@ -99,6 +100,11 @@ def _gate_summary(report_dict: dict[str, Any]) -> str:
 @click.option("--instances", default="2:2:1", show_default=True, metavar="PRE:RANKER:POST",
               help="Instances of preprocess, ranker and postprocess. 2:2:1 serves 25-31% more than 1:1:1 "
                    "on 2 cores but adds ~0.5 ms to an idle server's latency (docs/benchmarks.md).")
+@click.option("--pipeline", type=click.Choice(["ensemble", "single"]), default="ensemble", show_default=True,
+              help="cpu profile layout: Triton's ensemble of preprocess -> ranker -> postprocess, or one "
+                   "Python model running all three (same name and contract; ~1 ms less per request on CPU, "
+                   "where every step is a Python stub; docs/benchmarks.md). The gpu profile is always the "
+                   "ensemble.")
 @click.option("--trt-precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
               help="Which TensorRT engine ships as model.plan; both are built and gated.")
 @click.option("--trt-opt-candidates", type=click.IntRange(1, schema.MAX_CANDIDATES), default=500,
@@ -111,7 +117,8 @@ def _gate_summary(report_dict: dict[str, Any]) -> str:
 @click.option("--fp16-tolerance", type=float, default=1e-2, show_default=True,
               help="Max |eager - exported| of the probabilities allowed for the TensorRT FP16 engine.")
 def export(ranker_ckpt: Path, snapshot: Path, data: Path, out: Path, target: str, formats: tuple[str, ...],
-           cpu_runtime: str, gpu_backend: str, instances: str, trt_precision: str, trt_opt_candidates: int, results: Path,
+           cpu_runtime: str, gpu_backend: str, instances: str, pipeline: str, trt_precision: str,
+           trt_opt_candidates: int, results: Path,
            tolerance: float, fp16_tolerance: float) -> None:
     """Export the ranker, check each format's parity with eager on edge cases
     (1 and MAX candidates, empty/full history, everything inside the mask
@@ -127,6 +134,13 @@ def export(ranker_ckpt: Path, snapshot: Path, data: Path, out: Path, target: str
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--instances") from None
     targets = ["cpu", "gpu"] if target == "all" else [target]
+    from pinrank.export.repository import existing_pipeline
+
+    for t in targets:
+        present, wanted = existing_pipeline(out / t), (pipeline if t == "cpu" else "ensemble")
+        if present is not None and present != wanted:
+            raise click.ClickException(f"{out / t} holds the {present} pipeline, not {wanted}: publish into an "
+                                       "empty --out (or delete that directory). Nothing was published.")
     required = _required_formats(formats, targets, cpu_runtime, gpu_backend)
     # Checked before anything slow: TensorRT asked for (or served) where it cannot run is a usage error.
     trt_reason = tensorrt_engine.tensorrt_available()
@@ -191,7 +205,8 @@ def export(ranker_ckpt: Path, snapshot: Path, data: Path, out: Path, target: str
         published = {}
         for t in targets:
             pv = write_repository(
-                out / t, t, produced.get("torchscript"), vocab, snap, manifest=manifest, settings=settings,
+                out / t, t, produced.get("torchscript"), vocab, snap, manifest=manifest,
+                settings=dataclasses.replace(settings, pipeline=pipeline if t == "cpu" else "ensemble"),
                 ranker_onnx=produced.get("onnx"), ranker_plan=produced.get("tensorrt"),
             )
             published[t] = {"repository": str(pv.repository), "version": pv.version}

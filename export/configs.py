@@ -8,6 +8,9 @@
 - `gpu`: the same graph, with the ranker on a native backend on KIND_GPU
   (NVIDIA's Triton container): `pytorch_libtorch` (ranker.pt) or
   `tensorrt_plan` (model.plan), per `gpu_backend`; pre/post stay on CPU.
+
+`pipeline="single"` (cpu profile only) replaces the ensemble with one Python
+model of the same name and contract running all three steps in-process.
 """
 
 from __future__ import annotations
@@ -18,10 +21,14 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from pinrank import schema
+from pinrank.serving.ranker_runtime import RUNTIME_PARAMETER
 
 PROFILES = ("cpu", "gpu")
 #: What hosts the ranker inside the cpu profile's Python backend.
 CPU_RUNTIMES = ("torchscript", "onnxruntime")
+#: How the request path is laid out: Triton's ensemble of three step models,
+#: or (cpu only) one Python model doing all three.
+PIPELINES = ("ensemble", "single")
 #: The gpu profile's native ranker backend.
 GPU_BACKENDS = ("libtorch", "tensorrt")
 #: File each gpu backend loads from the ranker's version directory.
@@ -43,6 +50,7 @@ class ProfileSettings:
     postprocess_instances: int = 1
     cpu_runtime: str = "onnxruntime"  # the faster on CPU: docs/benchmarks.md
     gpu_backend: str = "libtorch"
+    pipeline: str = "ensemble"
     #: Ranker warmup: candidates per warmup request and how many requests
     #: (0 disables). TorchScript's profiling executor optimises the graph over
     #: its first calls and CUDA/TensorRT allocate lazily, so without warmup the
@@ -55,6 +63,14 @@ class ProfileSettings:
             raise ValueError(f"unknown cpu_runtime {self.cpu_runtime!r}; expected one of {CPU_RUNTIMES}")
         if self.gpu_backend not in GPU_BACKENDS:
             raise ValueError(f"unknown gpu_backend {self.gpu_backend!r}; expected one of {GPU_BACKENDS}")
+        if self.pipeline not in PIPELINES:
+            raise ValueError(f"unknown pipeline {self.pipeline!r}; expected one of {PIPELINES}")
+
+    @property
+    def single_instances(self) -> int:
+        """The single-model layout runs the ranker's instance count: the model
+        call is most of a request's time."""
+        return self.ranker_instances
 
 
 def parse_instance_counts(text: str) -> tuple[int, int, int]:
@@ -80,9 +96,12 @@ def _instances(kind: str, count: int) -> mc.ModelInstanceGroup:
     return mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.Kind.Value(kind), count=count)
 
 
-def _python_model(name: str, inputs, outputs, count: int) -> mc.ModelConfig:  # type: ignore[no-untyped-def]
+def _python_model(name: str, inputs, outputs, count: int,  # type: ignore[no-untyped-def]
+                  parameters: dict[str, str] | None = None, *, optional_inputs: bool = False) -> mc.ModelConfig:
     cfg = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
-    cfg.input.extend(_tensor(mc.ModelInput, s) for s in inputs)
+    for key, value in (parameters or {}).items():
+        cfg.parameters[key].string_value = value
+    cfg.input.extend(_tensor(mc.ModelInput, s, optional=optional_inputs or None) for s in inputs)
     cfg.output.extend(_tensor(mc.ModelOutput, s) for s in outputs)
     cfg.instance_group.append(_instances("KIND_CPU", count))
     return cfg
@@ -94,6 +113,7 @@ def preprocess_config(settings: ProfileSettings) -> mc.ModelConfig:
         schema.REQUEST_INPUTS,
         schema.RANKER_INPUTS + schema.PASSTHROUGH,
         settings.preprocess_instances,
+        optional_inputs=True,
     )
 
 
@@ -132,7 +152,8 @@ def ranker_config(profile: str, settings: ProfileSettings) -> mc.ModelConfig:
 def _ranker_config(profile: str, settings: ProfileSettings) -> mc.ModelConfig:
     if profile == "cpu":
         return _python_model(
-            schema.RANKER_MODEL, schema.RANKER_INPUTS, schema.RANKER_OUTPUTS, settings.ranker_instances
+            schema.RANKER_MODEL, schema.RANKER_INPUTS, schema.RANKER_OUTPUTS, settings.ranker_instances,
+            {RUNTIME_PARAMETER: settings.cpu_runtime},
         )
     if profile != "gpu":
         raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
@@ -153,7 +174,10 @@ def _ranker_config(profile: str, settings: ProfileSettings) -> mc.ModelConfig:
 def ensemble_config() -> mc.ModelConfig:
     """preprocess -> ranker -> postprocess; tensor names are the schema's."""
     cfg = mc.ModelConfig(name=schema.ENSEMBLE_MODEL, platform="ensemble", max_batch_size=0)
-    cfg.input.extend(_tensor(mc.ModelInput, s) for s in schema.REQUEST_INPUTS)
+    # Every request input optional: Triton then passes an incomplete request
+    # on, and the validator names the missing input (a required one missing
+    # next to optional top_k gets an ensemble "deadlock" error naming nothing).
+    cfg.input.extend(_tensor(mc.ModelInput, s, optional=True) for s in schema.REQUEST_INPUTS)
     cfg.output.extend(_tensor(mc.ModelOutput, s) for s in schema.RESPONSE_OUTPUTS)
 
     def step(model: str, inputs, outputs) -> mc.ModelEnsembling.Step:  # type: ignore[no-untyped-def]
@@ -174,9 +198,29 @@ def ensemble_config() -> mc.ModelConfig:
     return cfg
 
 
+def single_config(settings: ProfileSettings) -> mc.ModelConfig:
+    """The whole request path as one Python model under the ensemble's name.
+    Warmup runs in initialize() (WARMUP_* parameters): Triton's ModelWarmup
+    would need a plausible request, and zeros are not one (timestamps)."""
+    if settings.warmup_count > 0 and not 1 <= settings.warmup_candidates <= schema.MAX_CANDIDATES:
+        raise ValueError(f"warmup_candidates must be in 1..{schema.MAX_CANDIDATES}, got {settings.warmup_candidates}")
+    return _python_model(
+        schema.ENSEMBLE_MODEL, schema.REQUEST_INPUTS, schema.RESPONSE_OUTPUTS, settings.single_instances,
+        {RUNTIME_PARAMETER: settings.cpu_runtime, "WARMUP_CANDIDATES": str(settings.warmup_candidates),
+         "WARMUP_COUNT": str(settings.warmup_count)},
+        optional_inputs=True,
+    )
+
+
 def profile_configs(profile: str, settings: ProfileSettings | None = None) -> dict[str, mc.ModelConfig]:
     """Every model's config for `profile`, keyed by model name."""
     settings = settings or ProfileSettings()
+    if settings.pipeline == "single":
+        if profile != "cpu":
+            raise ValueError("pipeline='single' is for the cpu profile; the gpu profile keeps the ensemble "
+                             "(CPU preprocessing overlapping GPU inference is what it is for)")
+        cfg = single_config(settings)
+        return {cfg.name: cfg}
     cfgs = [
         preprocess_config(settings),
         ranker_config(profile, settings),

@@ -8,6 +8,10 @@ Layout (names from the schema):
                                 [+ model.py, _vendor/ on cpu; + model.plan on gpu]
     <repo>/postprocess/config.pbtxt, <v>/model.py, <v>/_vendor/
 
+or, with the cpu profile's single-model pipeline (ProfileSettings.pipeline):
+
+    <repo>/pinrank/config.pbtxt, <v>/model.py, <v>/_vendor/, <v>/artifacts/, <v>/ranker.{pt,onnx}
+
 Whichever ranker formats the export produced ship side by side (the
 artifact a profile does not load costs disk only, and lets a deployment
 switch runtime without re-exporting); the config and, on cpu, model.py pick
@@ -33,12 +37,17 @@ from pinrank import schema
 from pinrank.serving.preprocess import ITEM_IDS_FILE, SNAPSHOT_DIR
 from pinrank.snapshot import UserSnapshot
 from pinrank.vocab import ItemVocab
-from pinrank.export.configs import ProfileSettings, profile_configs, to_pbtxt
+from pinrank.export.configs import ProfileSettings, parse_pbtxt, profile_configs, to_pbtxt
 
 PYTHON_MODELS_DIR = Path(__file__).resolve().parent.parent / "model_repository" / "python_models"
 
-#: cpu profile: the Python-backend model.py hosting each runtime.
-CPU_RANKER_SOURCES = {"torchscript": "ranker_torchscript.py", "onnxruntime": "ranker_onnxruntime.py"}
+#: The checked-in Python-backend model.py of each model that has one.
+PYTHON_SOURCES = {
+    schema.PREPROCESS_MODEL: "preprocess.py",
+    schema.RANKER_MODEL: "ranker.py",  # cpu profile only
+    schema.POSTPROCESS_MODEL: "postprocess.py",
+    schema.ENSEMBLE_MODEL: "pipeline.py",  # single-model pipeline only
+}
 #: Ranker artifact file names inside a version directory.
 TORCHSCRIPT_FILE, ONNX_FILE, PLAN_FILE = "ranker.pt", "ranker.onnx", "model.plan"
 
@@ -52,6 +61,8 @@ VENDORED_MODULES = (
     "pinrank.serving.featurize",
     "pinrank.serving.preprocess",
     "pinrank.serving.postprocess",
+    "pinrank.serving.ranker_runtime",
+    "pinrank.serving.backend_metrics",
 )
 
 
@@ -63,10 +74,26 @@ class PublishedVersion:
     models: list[str]
 
 
-def _next_version(repo: Path) -> int:
+STEP_MODELS = (schema.PREPROCESS_MODEL, schema.RANKER_MODEL, schema.POSTPROCESS_MODEL)
+
+
+def published_models(pipeline: str) -> tuple[str, ...]:
+    """The models that get a new version on each publish."""
+    return (schema.ENSEMBLE_MODEL,) if pipeline == "single" else STEP_MODELS
+
+
+def existing_pipeline(repo: Path) -> str | None:
+    """Which layout `repo` already holds (None when it holds none)."""
+    config = repo / schema.ENSEMBLE_MODEL / "config.pbtxt"
+    if not config.is_file():
+        return None
+    return "ensemble" if parse_pbtxt(config.read_text()).platform == "ensemble" else "single"
+
+
+def _next_version(repo: Path, models: tuple[str, ...]) -> int:
     versions = [
         int(p.name)
-        for model in (schema.PREPROCESS_MODEL, schema.RANKER_MODEL, schema.POSTPROCESS_MODEL)
+        for model in models
         if (repo / model).is_dir()
         for p in (repo / model).iterdir()
         if p.is_dir() and p.name.isdigit()
@@ -123,7 +150,8 @@ def write_repository(
     ranker_onnx: str | Path | None = None,
     ranker_plan: str | Path | None = None,
 ) -> PublishedVersion:
-    """Publish a new version of the ensemble's step models into `repo`.
+    """Publish a new version of the request path's models into `repo` (the
+    ensemble's three step models, or the single pipeline model).
 
     `ranker_onnx` ships as ranker.onnx and `ranker_plan` (gpu profile only)
     as model.plan, next to ranker.pt; `settings` says which one runs.
@@ -137,36 +165,39 @@ def write_repository(
         Path(ranker_onnx) if ranker_onnx is not None else None,
         Path(ranker_plan) if ranker_plan is not None else None,
     )
+    present = existing_pipeline(repo)
+    if present is not None and present != settings.pipeline:
+        # Mixing layouts would leave a server loading stale step models (or
+        # none): one repository, one layout.
+        raise ValueError(f"{repo} holds the {present} pipeline; publish the {settings.pipeline} pipeline "
+                         "into an empty directory (or delete this one first)")
+    models = published_models(settings.pipeline)
     repo.mkdir(parents=True, exist_ok=True)
-    version = _next_version(repo)
+    version = _next_version(repo, models)
     staged: list[tuple[Path, Path]] = []
     try:
-        for name in (schema.PREPROCESS_MODEL, schema.RANKER_MODEL, schema.POSTPROCESS_MODEL):
+        for name in models:
             tmp = repo / name / f".staging-{version}-{uuid.uuid4().hex[:8]}"
             tmp.mkdir(parents=True)
             staged.append((tmp, repo / name / str(version)))
-            python_source = {
-                schema.PREPROCESS_MODEL: "preprocess.py",
-                schema.POSTPROCESS_MODEL: "postprocess.py",
-                schema.RANKER_MODEL: CPU_RANKER_SOURCES[settings.cpu_runtime] if profile == "cpu" else None,
-            }[name]
-            if python_source:
-                shutil.copyfile(PYTHON_MODELS_DIR / python_source, tmp / "model.py")
+            if name != schema.RANKER_MODEL or profile == "cpu":
+                shutil.copyfile(PYTHON_MODELS_DIR / PYTHON_SOURCES[name], tmp / "model.py")
                 _vendor(tmp / "_vendor")
-            if name == schema.PREPROCESS_MODEL:
+            if name in (schema.PREPROCESS_MODEL, schema.ENSEMBLE_MODEL):
                 (tmp / "artifacts").mkdir()
                 vocab.save(tmp / "artifacts" / ITEM_IDS_FILE)
                 snapshot.save(tmp / "artifacts" / SNAPSHOT_DIR)
-            if name == schema.RANKER_MODEL:
+            if name in (schema.RANKER_MODEL, schema.ENSEMBLE_MODEL):
                 for file_name, src in ranker_files.items():
                     shutil.copyfile(src, tmp / file_name)
             runtime = settings.cpu_runtime if profile == "cpu" else settings.gpu_backend
             (tmp / "manifest.json").write_text(
                 json.dumps({"profile": profile, "version": version, "ranker_runtime": runtime,
+                            "pipeline": settings.pipeline,
                             "ranker_files": sorted(ranker_files), **(manifest or {})}, indent=2, sort_keys=True)
             )
-        ensemble_version = repo / schema.ENSEMBLE_MODEL / "1"
-        ensemble_version.mkdir(parents=True, exist_ok=True)
+        if settings.pipeline == "ensemble":
+            (repo / schema.ENSEMBLE_MODEL / "1").mkdir(parents=True, exist_ok=True)
         # Configs first, then versions: the latest-version policy only ever
         # switches to a complete directory.
         for name, cfg in configs.items():
@@ -178,3 +209,38 @@ def write_repository(
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return PublishedVersion(repo, version, profile, sorted(configs))
+
+
+def latest_version_dir(repo: Path, model: str) -> Path:
+    """The highest numbered version directory of `model` in `repo`."""
+    versions = [p for p in (repo / model).glob("[0-9]*") if p.is_dir() and p.name.isdigit()]
+    if not versions:
+        raise ValueError(f"{repo / model} has no version directory")
+    return max(versions, key=lambda p: int(p.name))
+
+
+def republish(src: str | Path, dst: str | Path, settings: ProfileSettings) -> PublishedVersion:
+    """Publish the latest cpu-profile version of `src` into `dst` with other
+    settings (another pipeline layout, instance counts), from its shipped
+    artifacts: no re-export, the same parity-gated ranker files."""
+    src = Path(src)
+    pipeline = existing_pipeline(src)
+    if pipeline is None:
+        raise ValueError(f"{src} holds no pinrank repository (no {schema.ENSEMBLE_MODEL}/config.pbtxt)")
+    if pipeline == "single":
+        artifacts_dir = ranker_dir = latest_version_dir(src, schema.ENSEMBLE_MODEL)
+    else:
+        artifacts_dir = latest_version_dir(src, schema.PREPROCESS_MODEL)
+        ranker_dir = latest_version_dir(src, schema.RANKER_MODEL)
+    manifest = json.loads((ranker_dir / "manifest.json").read_text())
+    if manifest.get("profile") != "cpu":
+        raise ValueError(f"{src} is a {manifest.get('profile')} profile repository; only cpu ones can be republished")
+    inherited = {k: v for k, v in manifest.items()
+                 if k not in ("profile", "version", "ranker_runtime", "pipeline", "ranker_files")}
+    present = {name: ranker_dir / name for name in (TORCHSCRIPT_FILE, ONNX_FILE) if (ranker_dir / name).is_file()}
+    return write_repository(
+        dst, "cpu", present.get(TORCHSCRIPT_FILE),
+        ItemVocab.load(artifacts_dir / "artifacts" / ITEM_IDS_FILE),
+        UserSnapshot.load(artifacts_dir / "artifacts" / SNAPSHOT_DIR),
+        manifest={**inherited, "republished_from": str(src)}, settings=settings, ranker_onnx=present.get(ONNX_FILE),
+    )

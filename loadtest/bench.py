@@ -2,20 +2,23 @@
 
   a. one request (N=500, L=100, one client, sequential) in-process with the
      ranker in eager PyTorch, TorchScript and ONNX Runtime (the exported
-     files the repository serves), vs the Triton ensemble over HTTP and gRPC;
+     files the repository serves), vs Triton over HTTP and gRPC in both cpu
+     layouts: the ensemble and the single-model pipeline (the other layout is
+     republished from the repository's own artifacts), interleaved in rounds;
   b. where the ensemble's time goes: Triton's statistics API per composing
      model (preprocess, ranker, postprocess) over the HTTP run of (a);
   c. early fusion (sequence encoder per candidate) vs the fused ranker
      (encoder once per request) at N = 100, 500, 1000;
-  d. throughput (locust, closed loop) for several instance counts per step.
+  d. throughput (locust, closed loop) for several instance counts per step,
+     and for the single-model pipeline.
 
     .venv/bin/python loadtest/bench.py --repository model_repository/cpu \
         --ranker artifacts/checkpoints/ranker.pt --data artifacts/data/quick
 
 Writes results/bench.json: triton_over_inprocess_p50 (Triton HTTP p50 over
-in-process p50 with the runtime the repository serves), preprocess_share,
-fused_speedup_n500 and throughput_rps (best instance configuration), with
-every figure behind them.
+in-process p50 with the runtime the repository serves, in the better layout;
+both are kept), preprocess_share, fused_speedup_n500 and throughput_rps (best
+configuration), with every figure behind them.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -40,11 +44,8 @@ from bench_latency import make_request, percentiles, time_calls, triton_caller  
 from run_loadtest import STEPS, best_level, parse_instances, parse_users, run_locust, target_url, warm_up  # noqa: E402
 
 from pinrank import schema  # noqa: E402
+from pinrank.export.repository import latest_version_dir  # noqa: E402
 from request_pool import pool_from_dataset  # noqa: E402
-
-
-def latest_version(repository: Path, model: str) -> Path:
-    return max((repository / model).glob("[0-9]*"), key=lambda p: int(p.name))
 
 
 def stats_snapshot(client: Any) -> dict[str, dict[str, int]]:
@@ -100,7 +101,7 @@ def in_process_runtimes(repository: Path, ranker_ckpt: Path) -> tuple[dict[str, 
 
     from pinrank.models.ranker import load_serving_module
 
-    version = latest_version(repository, schema.RANKER_MODEL)
+    version = latest_version_dir(repository, schema.RANKER_MODEL)
     served = json.loads((version / "manifest.json").read_text())["ranker_runtime"]
     runtimes: dict[str, Any] = {"eager": load_serving_module(ranker_ckpt)}
     if (version / "ranker.pt").exists():
@@ -131,50 +132,87 @@ def in_process_steps(pre: Any, module: Any, reqs: list[dict], warmup: int) -> di
     return {k: float(np.mean(v)) for k, v in ms.items()}
 
 
-def bench_latency_and_shares(repository: Path, ranker_ckpt: Path, candidates: int, actions: int,
-                             num_requests: int, warmup: int) -> dict[str, Any]:
-    """(a) and (b)."""
+def both_layouts(repository: Path, work: Path, single_instances: int) -> dict[str, Path]:
+    """{pipeline: repository}: `repository` itself, and the other layout
+    republished from its artifacts (same ranker files, vocabulary, snapshot)."""
+    from pinrank.export.configs import ProfileSettings
+    from pinrank.export.repository import existing_pipeline, republish
+
+    present = existing_pipeline(repository)
+    if present is None:
+        raise click.ClickException(f"{repository} holds no pinrank repository (run `make export`)")
+    other = "single" if present == "ensemble" else "ensemble"
+    model = schema.ENSEMBLE_MODEL if present == "single" else schema.RANKER_MODEL
+    runtime = json.loads((latest_version_dir(repository, model) / "manifest.json").read_text())["ranker_runtime"]
+    dst = work / f"repository-{other}"
+    shutil.rmtree(dst, ignore_errors=True)
+    republish(repository, dst, ProfileSettings(pipeline=other, cpu_runtime=runtime, ranker_instances=single_instances))
+    return {present: repository, other: dst}
+
+
+def bench_latency_and_shares(repos: dict[str, Path], ranker_ckpt: Path, candidates: int, actions: int,
+                             num_requests: int, warmup: int, rounds: int = 5) -> dict[str, Any]:
+    """(a) and (b). Both layouts' servers run side by side and every path
+    takes its turn in each of `rounds` blocks, so drift on a noisy box lands
+    on all paths alike."""
     import torch
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
     from pinrank.serving.pipeline import InProcessRanker
     from pinrank.serving.preprocess import Preprocessor
-    from pinrank.serving.tritonserver import running_server
+    from pinrank.serving.tritonserver import Ports, free_ports, running_server
 
     torch.set_num_threads(1)  # as the served ranker instance
-    pre = Preprocessor.from_dir(latest_version(repository, schema.PREPROCESS_MODEL) / "artifacts")
+    pre = Preprocessor.from_dir(latest_version_dir(repos["ensemble"], schema.PREPROCESS_MODEL) / "artifacts")
     rng = np.random.default_rng(0)
     reqs = [make_request(rng, pre.vocab.item_ids, pre.snapshot.user_ids, candidates, actions)
             for _ in range(num_requests + warmup)]
-    runtimes, served = in_process_runtimes(repository, ranker_ckpt)
-    latency: dict[str, dict[str, float]] = {}
-    for name, module in runtimes.items():
-        click.echo(f"  in-process {name} ...")
-        latency[f"in_process_{name}"] = percentiles(time_calls(InProcessRanker(pre, module).rank, reqs, warmup))
-    steps = in_process_steps(pre, runtimes[served], reqs, warmup)
-    with running_server(repository) as server:
-        for name, module, url in (("triton_grpc", grpcclient, server.grpc_url),
-                                  ("triton_http", httpclient, server.http_url)):
-            click.echo(f"  {name} ...")
-            call = triton_caller(module, module.InferenceServerClient(url))
+    runtimes, served = in_process_runtimes(repos["ensemble"], ranker_ckpt)
+    calls: dict[str, Any] = {f"in_process_{name}": InProcessRanker(pre, module).rank
+                             for name, module in runtimes.items()}
+    with running_server(repos["ensemble"], Ports(*free_ports())) as ens, \
+            running_server(repos["single"], Ports(*free_ports())) as one:
+        for prefix, server in (("triton", ens), ("triton_single", one)):
+            for proto, module, url in (("grpc", grpcclient, server.grpc_url), ("http", httpclient, server.http_url)):
+                calls[f"{prefix}_{proto}"] = triton_caller(module, module.InferenceServerClient(url))
+        stats_client = httpclient.InferenceServerClient(ens.http_url)
+        for name, call in calls.items():
+            click.echo(f"  warm-up {name} ...")
             time_calls(call, reqs[:warmup], 0)
-            if name == "triton_http":
-                stats_client = httpclient.InferenceServerClient(server.http_url)
-                before = stats_snapshot(stats_client)
-            latency[name] = percentiles(time_calls(call, reqs[warmup:], 0))
-        after = stats_snapshot(stats_client)
-    breakdown = time_breakdown(before, after, latency["triton_http"]["mean_ms"])
+        ms: dict[str, list[float]] = {name: [] for name in calls}
+        totals: dict[str, dict[str, int]] = {}
+        blocks = np.array_split(np.arange(warmup, len(reqs)), rounds)
+        for block in blocks:
+            batch = [reqs[i] for i in block]
+            for name, call in calls.items():
+                before = stats_snapshot(stats_client) if name == "triton_http" else None
+                ms[name] += time_calls(call, batch, 0)
+                if before is not None:
+                    after = stats_snapshot(stats_client)
+                    for model, row in after.items():
+                        acc = totals.setdefault(model, dict.fromkeys(row, 0))
+                        for k in row:
+                            acc[k] += row[k] - before[model][k]
+    latency = {name: percentiles(v) for name, v in ms.items()}
+    breakdown = time_breakdown({m: dict.fromkeys(r, 0) for m, r in totals.items()}, totals,
+                               latency["triton_http"]["mean_ms"])
     base = latency[f"in_process_{served}"]["p50_ms"]
+    by_layout = {"ensemble": latency["triton_http"]["p50_ms"] / base,
+                 "single": latency["triton_single_http"]["p50_ms"] / base}
+    best_layout = min(by_layout, key=by_layout.__getitem__)
     return {
         "candidates": candidates, "actions": actions, "requests": num_requests, "served_runtime": served,
+        "repositories": {k: str(v) for k, v in repos.items()},
         "latency": latency,
-        "triton_over_inprocess_p50": latency["triton_http"]["p50_ms"] / base,
+        "triton_over_inprocess_p50": by_layout[best_layout],
+        "triton_over_inprocess_p50_best_layout": best_layout,
+        "triton_over_inprocess_p50_by_layout": by_layout,
         "triton_over_inprocess_p50_by_path": {
             f"{t}/{r}": latency[t]["p50_ms"] / latency[f"in_process_{r}"]["p50_ms"]
-            for t in ("triton_http", "triton_grpc") for r in runtimes},
+            for t in ("triton_http", "triton_grpc", "triton_single_http", "triton_single_grpc") for r in runtimes},
         "time_breakdown": breakdown,
-        "in_process_steps_mean_ms": steps,
+        "in_process_steps_mean_ms": in_process_steps(pre, runtimes[served], reqs, warmup),
         "preprocess_share": breakdown[schema.PREPROCESS_MODEL]["share_of_end_to_end"],
         "postprocess_share": breakdown[schema.POSTPROCESS_MODEL]["share_of_end_to_end"],
     }
@@ -205,15 +243,16 @@ def bench_fusion(ranker_ckpt: Path, counts: tuple[int, ...], repeats: int, early
     return out
 
 
-def bench_throughput(repository: Path, data: Path, configs: list[tuple[int, int, int]], users: list[int],
-                     duration_s: float, work: Path) -> dict[str, Any]:
-    """(d): locust at each concurrency level for each instance configuration."""
+def bench_throughput(repos: dict[str, Path], data: Path, configs: list[tuple[int, int, int]],
+                     single_counts: list[int], users: list[int], duration_s: float, work: Path) -> dict[str, Any]:
+    """(d): locust at each concurrency level for each layout and instance configuration."""
     pool = pool_from_dataset(data, 2000)
     pool_path = pool.save(work / "requests.npz")
+    variants = [("pre{}-ranker{}-post{}".format(*c), repos["ensemble"], dict(zip(STEPS, c))) for c in configs]
+    variants += [(f"single{k}", repos["single"], {schema.ENSEMBLE_MODEL: k}) for k in single_counts]
     results: dict[str, Any] = {}
-    for cfg in configs:
-        name = "pre{}-ranker{}-post{}".format(*cfg)
-        with target_url(None, repository, work / f"tritonserver-{name}.log", cfg) as url:
+    for name, repo, counts in variants:
+        with target_url(None, repo, work / f"tritonserver-{name}.log", counts) as url:
             warm_up(url, pool, 20)
             levels = []
             for u in users:
@@ -251,6 +290,9 @@ def bench_throughput(repository: Path, data: Path, configs: list[tuple[int, int,
               help="Timed calls of the early-fusion ranker per N (each costs ~50x a fused one).")
 @click.option("--configs", default="1:1:1,1:2:1,2:2:1", show_default=True, callback=parse_instances,
               help="Instance counts PRE:RANKER:POST to compare for throughput (comma-separated).")
+@click.option("--single-instances", default="2,3", show_default=True,
+              help="Instance counts of the single-model pipeline to compare for throughput (comma-separated; "
+                   "the first one also serves the latency comparison).")
 @click.option("--throughput-users", default="2,4", show_default=True, callback=parse_users,
               help="Closed-loop concurrency levels per configuration (comma-separated).")
 @click.option("--throughput-duration", type=click.FloatRange(min=1), default=15, show_default=True,
@@ -261,7 +303,8 @@ def bench_throughput(repository: Path, data: Path, configs: list[tuple[int, int,
               show_default=True)
 def main(repository: Path, ranker: Path, data: Path, candidates: int, actions: int, num_requests: int, warmup: int,
          fusion_counts: tuple[int, ...], fusion_repeats: int, early_repeats: int,
-         configs: list[tuple[int, int, int]], throughput_users: list[int], throughput_duration: float,
+         configs: list[tuple[int, int, int]], single_instances: str, throughput_users: list[int],
+         throughput_duration: float,
          skip: tuple[str, ...], out: Path) -> None:
     """Run the benchmarks (a)-(d) and write OUT (JSON)."""
     report: dict[str, Any] = {
@@ -270,15 +313,25 @@ def main(repository: Path, ranker: Path, data: Path, candidates: int, actions: i
         "repository": str(repository), "ranker": str(ranker),
     }
     t0 = time.monotonic()
+    try:
+        single_counts = [int(v) for v in single_instances.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {single_instances!r}",
+                                 param_hint="--single-instances") from None
+    if not single_counts or min(single_counts) < 1:
+        raise click.BadParameter("need at least one count, each >= 1", param_hint="--single-instances")
+    work = out.parent / "bench"
+    work.mkdir(parents=True, exist_ok=True)
+    repos = both_layouts(repository, work, single_counts[0])
     if "latency" not in skip:
         click.echo(f"(a, b) latency N={candidates} L={actions}, {num_requests} requests per path, one client")
-        lat = bench_latency_and_shares(repository, ranker, candidates, actions, num_requests, warmup)
+        lat = bench_latency_and_shares(repos, ranker, candidates, actions, num_requests, warmup)
         report.update(lat)
         click.echo(f"{'path':<26}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}")
         for name, r in lat["latency"].items():
             click.echo(f"{name:<26}{r['p50_ms']:8.2f}{r['p90_ms']:8.2f}{r['p99_ms']:8.2f}")
         click.echo(f"triton_over_inprocess_p50 (HTTP / in-process {lat['served_runtime']}): "
-                   f"{lat['triton_over_inprocess_p50']:.2f}")
+                   + ", ".join(f"{k} {v:.2f}" for k, v in lat["triton_over_inprocess_p50_by_layout"].items()))
         for model in (schema.ENSEMBLE_MODEL, *STEPS):
             row = lat["time_breakdown"].get(model)
             if row:
@@ -298,7 +351,7 @@ def main(repository: Path, ranker: Path, data: Path, candidates: int, actions: i
                        f"fused {row['fused']['ms']:.2f} ms ({row['fused']['gflop']:.3f} GFLOP): {row['speedup']:.1f}x")
     if "throughput" not in skip:
         click.echo(f"(d) throughput: instance configs {configs}, users {throughput_users}")
-        thr = bench_throughput(repository, data, configs, throughput_users, throughput_duration, out.parent / "bench")
+        thr = bench_throughput(repos, data, configs, single_counts, throughput_users, throughput_duration, work)
         report["throughput"] = thr
         report["throughput_rps"] = thr["throughput_rps"]
         click.echo(f"  best: {thr['best_config']} at {thr['throughput_users']} users: {thr['throughput_rps']:.1f} req/s")

@@ -159,9 +159,9 @@ STEPS = (schema.PREPROCESS_MODEL, schema.RANKER_MODEL, schema.POSTPROCESS_MODEL)
 
 @contextlib.contextmanager
 def target_url(url: str | None, repository: Path, log_path: Path,
-               instances: tuple[int, int, int] | None = None) -> Iterator[str]:
+               instances: dict[str, int] | None = None) -> Iterator[str]:
     """The given URL, or a server started on `repository` (with `instances`
-    per step when given: a copy's configs change, not the repository's)."""
+    = {model: count} when given: a copy's configs change, not the repository's)."""
     if url:
         yield url if "://" in url else f"http://{url}"
         return
@@ -169,7 +169,7 @@ def target_url(url: str | None, repository: Path, log_path: Path,
 
     with tempfile.TemporaryDirectory() as tmp:
         if instances:
-            repository = with_instances(repository, Path(tmp) / "repo", dict(zip(STEPS, instances)))
+            repository = with_instances(repository, Path(tmp) / "repo", instances)
         click.echo(f"starting tritonserver on {repository} (log: {log_path}) ...")
         try:
             with running_server(repository, log_path=log_path) as server:
@@ -189,7 +189,7 @@ def warm_up(url: str, pool: RequestPool, count: int) -> None:
 
 
 def with_instances(src: Path, dst: Path, counts: dict[str, int]) -> Path:
-    """A copy of repository `src` whose step models run `counts[model]` instances."""
+    """A copy of repository `src` whose models run `counts[model]` instances."""
     from pinrank.export.configs import parse_pbtxt, to_pbtxt
 
     shutil.copytree(src, dst, symlinks=True)
@@ -266,7 +266,8 @@ def main(url: str | None, repository: Path, instances: list[tuple[int, int, int]
                f"history {h.min()}-{h.max()} actions (mean {h.mean():.0f})")
     if len(instances) > 1:
         raise click.BadParameter("give one PRE:RANKER:POST", param_hint="--instances")
-    with target_url(url, repository, work / "tritonserver.log", instances[0] if instances else None) as target:
+    counts = dict(zip(STEPS, instances[0])) if instances else None
+    with target_url(url, repository, work / "tritonserver.log", counts) as target:
         if warmup:
             warm_up(target, pool, warmup)
         sweep = []
@@ -284,7 +285,7 @@ def main(url: str | None, repository: Path, instances: list[tuple[int, int, int]
         else:
             final = best
     report = summary(final, sweep, target, pool)
-    report["instances"] = dict(zip(STEPS, instances[0])) if instances else "repository's"
+    report["instances"] = counts or "repository's"
     violations = slo_violations(final, max_p99_ms, max_failure_ratio)
     report["slo"] = {"max_p99_ms": max_p99_ms, "max_failure_ratio": max_failure_ratio,
                      "violations": violations, "passed": not violations}

@@ -28,6 +28,7 @@ class LazyGroup(click.Group):
     lazy={
         "data": "pinrank.data.cli:data",
         "embed": "pinrank.train.cli_pinnerformer:embed",
+        "embed-merge": "pinrank.train.cli_pinnerformer:embed_merge",
         "export": "pinrank.export.cli:export",
         "serve": "pinrank.serving.cli:serve",
         "demo": "pinrank.demo:demo",

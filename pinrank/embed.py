@@ -93,8 +93,10 @@ def _cold_start(emb: np.ndarray) -> np.ndarray:
     return l2_normalize(torch.from_numpy(emb.mean(axis=0))).numpy().astype(np.float32)
 
 
-def _snapshot(model: PinnerFormer, source_id: str, timelines: UserTimelines, as_of_ms: int,
-              previous: UserSnapshot | None, batch_size: int) -> UserSnapshot:
+def _plan(model: PinnerFormer, source_id: str, timelines: UserTimelines, as_of_ms: int,
+          previous: UserSnapshot | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Which timeline rows to embed as of `as_of_ms`, which (ids, embeddings)
+    carry over from `previous`, and the snapshot's meta so far."""
     all_rows = np.arange(len(timelines))
     ends = timelines.ends_before(all_rows, as_of_ms)
     has_history = ends > timelines.offsets[:-1]
@@ -107,34 +109,43 @@ def _snapshot(model: PinnerFormer, source_id: str, timelines: UserTimelines, as_
         "sequence_actions": list(model.config.sequence_actions),
     }
     if previous is None:
-        compute = rows
-        carried_ids = np.zeros(0, dtype=np.int64)
-        carried_emb = np.zeros((0, schema.USER_EMB_DIM), dtype=np.float32)
-    else:
-        if previous.as_of_ms > as_of_ms:
-            raise ValueError(f"previous snapshot is as of {previous.as_of_ms}, after as_of_ms {as_of_ms}")
-        if previous.meta.get("source_checkpoint") != source_id:
-            raise ValueError(
-                "previous snapshot was built by another model "
-                f"({previous.meta.get('source_checkpoint')}); build a full snapshot (no previous)"
-            )
-        last_ts = timelines.ts_ms[np.maximum(ends[rows] - 1, 0)]
-        prev_rows = timelines.rows_of(previous.user_ids)
-        known = np.zeros(len(timelines), dtype=bool)
-        known[prev_rows[prev_rows >= 0]] = True
-        # Active since the previous run, or missing from it (e.g. it came from other data).
-        compute = rows[(last_ts >= previous.as_of_ms) | ~known[rows]]
-        keep = ~np.isin(previous.user_ids, timelines.user_ids[compute])
-        carried_ids, carried_emb = previous.user_ids[keep], previous.user_emb[keep]
-        meta["previous_version"] = previous.meta.get("version")
-    emb = user_embeddings(model, timelines, compute, as_of_ms, batch_size)
-    ids = np.concatenate([carried_ids, timelines.user_ids[compute]])
-    embs = np.concatenate([carried_emb, emb]).astype(np.float32)
+        return rows, np.zeros(0, dtype=np.int64), np.zeros((0, schema.USER_EMB_DIM), dtype=np.float32), meta
+    if previous.as_of_ms > as_of_ms:
+        raise ValueError(f"previous snapshot is as of {previous.as_of_ms}, after as_of_ms {as_of_ms}")
+    if previous.meta.get("source_checkpoint") != source_id:
+        raise ValueError(
+            "previous snapshot was built by another model "
+            f"({previous.meta.get('source_checkpoint')}); build a full snapshot (no previous)"
+        )
+    last_ts = timelines.ts_ms[np.maximum(ends[rows] - 1, 0)]
+    prev_rows = timelines.rows_of(previous.user_ids)
+    known = np.zeros(len(timelines), dtype=bool)
+    known[prev_rows[prev_rows >= 0]] = True
+    # Active since the previous run, or missing from it (e.g. it came from other data).
+    compute = rows[(last_ts >= previous.as_of_ms) | ~known[rows]]
+    keep = ~np.isin(previous.user_ids, timelines.user_ids[compute])
+    meta["previous_version"] = previous.meta.get("version")
+    return compute, previous.user_ids[keep], previous.user_emb[keep], meta
+
+
+def assemble_snapshot(computed_ids: np.ndarray, computed_emb: np.ndarray, carried_ids: np.ndarray,
+                      carried_emb: np.ndarray, meta: dict[str, Any], incremental: bool) -> UserSnapshot:
+    """The snapshot of freshly computed and carried-over users (ids disjoint), sorted by id."""
+    ids = np.concatenate([carried_ids, computed_ids]).astype(np.int64)
+    embs = np.concatenate([carried_emb, computed_emb]).astype(np.float32)
     order = np.argsort(ids, kind="stable")
     ids, embs = ids[order], embs[order]
-    meta["incremental"] = previous is not None
-    meta["counts"] = {"users": int(ids.size), "recomputed": int(compute.size), "carried": int(carried_ids.size)}
+    meta = dict(meta)
+    meta["incremental"] = incremental
+    meta["counts"] = {"users": int(ids.size), "recomputed": int(computed_ids.size), "carried": int(carried_ids.size)}
     return UserSnapshot(ids, embs, _cold_start(embs), meta)
+
+
+def _snapshot(model: PinnerFormer, source_id: str, timelines: UserTimelines, as_of_ms: int,
+              previous: UserSnapshot | None, batch_size: int) -> UserSnapshot:
+    compute, carried_ids, carried_emb, meta = _plan(model, source_id, timelines, as_of_ms, previous)
+    emb = user_embeddings(model, timelines, compute, as_of_ms, batch_size)
+    return assemble_snapshot(timelines.user_ids[compute], emb, carried_ids, carried_emb, meta, previous is not None)
 
 
 def build_snapshot(source: str | Path | PinnerFormer, dataset: Dataset, as_of_ms: int,

@@ -40,6 +40,9 @@ class UserSnapshot:
             )
         if self.cold_start.shape != (schema.USER_EMB_DIM,):
             raise SnapshotError(f"cold_start must be [{schema.USER_EMB_DIM}], got {self.cold_start.shape}")
+        # A NaN row would reach the ranker and poison every score of that user.
+        if not (np.isfinite(self.user_emb).all() and np.isfinite(self.cold_start).all()):
+            raise SnapshotError("user_emb / cold_start hold NaN or inf")
 
     @property
     def as_of_ms(self) -> int:
@@ -77,5 +80,5 @@ class UserSnapshot:
             )
         except FileNotFoundError as exc:
             raise SnapshotError(f"{root}: incomplete snapshot ({exc.filename} missing)") from exc
-        except (ValueError, json.JSONDecodeError) as exc:
+        except (ValueError, EOFError, OSError, json.JSONDecodeError) as exc:
             raise SnapshotError(f"{root}: malformed snapshot ({exc})") from exc

@@ -40,4 +40,18 @@ class ItemVocab:
 
     @classmethod
     def load(cls, path: str | Path) -> "ItemVocab":
-        return cls(np.load(Path(path)))
+        """Raises ValueError naming `path` when it is missing, not an integer
+        .npy array (pickled object arrays are refused), or unsorted."""
+        path = Path(path)
+        try:
+            ids = np.load(path)  # allow_pickle=False: a vocabulary never needs code
+        except FileNotFoundError:
+            raise ValueError(f"{path}: item vocabulary missing") from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise ValueError(f"{path}: not a readable .npy item vocabulary ({exc})") from None
+        if ids.dtype.kind not in "iu":
+            raise ValueError(f"{path}: item ids must be integers, got dtype {ids.dtype}")
+        try:
+            return cls(ids)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None

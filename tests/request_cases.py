@@ -25,9 +25,13 @@ CASES: dict[str, dict] = {
 def make_request(item_ids: np.ndarray, user_ids: np.ndarray, rng: np.random.Generator, req_ts: int, *,
                  n: int = 200, history: int = 50, known_user: bool = True, unknown_items: int = 0,
                  top_k: int | None = 10) -> dict[str, np.ndarray]:
-    """One user x `n` candidates drawn from `item_ids`; unknown ids lie above the catalogue's."""
+    """One user x `n` distinct candidates drawn from `item_ids`; unknown ids lie
+    above the catalogue's (and fill up `n` beyond the catalogue's size: the
+    server ranks each distinct item once)."""
     user = int(rng.choice(user_ids)) if known_user else int(np.max(user_ids) + 10_000)
-    cands = rng.choice(item_ids, size=n, replace=n > item_ids.size)
+    known = rng.choice(item_ids, size=min(n, item_ids.size), replace=False)
+    filler = item_ids.max() + 1 + unknown_items + np.arange(n - known.size)
+    cands = rng.permutation(np.concatenate([known, filler]))
     if unknown_items:
         cands[:unknown_items] = item_ids.max() + 1 + np.arange(unknown_items)
     req = {

@@ -11,7 +11,7 @@ from pinrank.cli import main
 from pinrank.serving.tritonserver import free_ports
 
 COMMANDS = [[], ["data"], ["data", "synth"], ["train"], ["train", "pinnerformer"], ["train", "ranker"],
-            ["embed"], ["export"], ["serve"], ["demo"]]
+            ["embed"], ["embed-merge"], ["export"], ["serve"], ["demo"]]
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a) or "pinrank")

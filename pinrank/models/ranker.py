@@ -221,10 +221,18 @@ def _zero_from(x: torch.Tensor) -> torch.Tensor:
 
 
 def ranker_from_checkpoint(ckpt: dict[str, Any]) -> Ranker:
-    """Rebuild a Ranker from a loaded `kind="ranker"` checkpoint dict."""
-    cfg = RankerConfig.from_dict(ckpt["config"]["ranker"])
-    model = Ranker(cfg, num_items=int(ckpt["config"]["num_items"]))
-    model.load_state_dict(ckpt["state_dict"])
+    """Rebuild a Ranker from a loaded `kind="ranker"` checkpoint dict; ValueError
+    when its config is incomplete or its weights don't fit that config."""
+    try:
+        cfg = RankerConfig.from_dict(ckpt["config"]["ranker"])
+        model = Ranker(cfg, num_items=int(ckpt["config"]["num_items"]))
+        model.load_state_dict(ckpt["state_dict"])
+    except KeyError as exc:
+        raise ValueError(f"ranker checkpoint is missing {exc}") from None
+    except (TypeError, RuntimeError) as exc:
+        # load_state_dict lists every mismatch; the first two lines name the problem.
+        detail = " ".join(str(exc).strip().splitlines()[:2])
+        raise ValueError(f"ranker checkpoint weights do not fit its config: {detail}") from None
     return model.eval()
 
 
@@ -232,7 +240,11 @@ def load_ranker(checkpoint_path: str | Path) -> Ranker:
     """Trained Ranker (eval mode) from a checkpoint file."""
     from pinrank.train.common import load_checkpoint
 
-    return ranker_from_checkpoint(load_checkpoint(checkpoint_path, kind="ranker"))
+    ckpt = load_checkpoint(checkpoint_path, kind="ranker")
+    try:
+        return ranker_from_checkpoint(ckpt)
+    except ValueError as exc:
+        raise ValueError(f"{checkpoint_path}: {exc}") from None
 
 
 def load_serving_module(checkpoint_path: str | Path) -> RankerServing:

@@ -29,6 +29,7 @@ class PreprocessResult:
     passthrough: dict[str, np.ndarray]  # schema.PASSTHROUGH
     unknown_user: bool
     unknown_items: int
+    duplicate_candidates: int = 0  # copies dropped (each item is ranked once)
 
 
 class Preprocessor:
@@ -46,7 +47,8 @@ class Preprocessor:
     def __call__(self, raw: Mapping[str, object]) -> PreprocessResult:
         """Validate and featurize; raises InvalidRequestError on bad input."""
         req = validate_request(raw)
-        cand_idx = self.vocab.lookup(req["candidate_ids"])
+        candidates = unique_in_order(req["candidate_ids"])
+        cand_idx = self.vocab.lookup(candidates)
         user_emb, known = self.snapshot.lookup(req["user_id"])
         request_ts = int(req["request_ts_ms"][0])
         history_len = int(req["action_item_ids"].shape[0])
@@ -67,9 +69,23 @@ class Preprocessor:
                 "context": context_features(request_ts, history_len, bool(known[0])),
             },
             passthrough={
-                "pp_candidate_ids": req["candidate_ids"],
+                "pp_candidate_ids": candidates,
                 "pp_top_k": np.asarray([top_k], dtype=np.int64),
             },
             unknown_user=not bool(known[0]),
             unknown_items=int((cand_idx == 0).sum()),
+            duplicate_candidates=int(req["candidate_ids"].shape[0] - candidates.shape[0]),
         )
+
+
+def unique_in_order(ids: np.ndarray) -> np.ndarray:
+    """`ids` without repeats, first occurrences in their original order.
+
+    Candidate generators that merge several sources repeat items; ranking a
+    copy twice would spend compute and could show the same item twice, so
+    duplicates are dropped here rather than failing the whole request.
+    """
+    _, first = np.unique(ids, return_index=True)
+    if first.shape[0] == ids.shape[0]:
+        return ids
+    return ids[np.sort(first)]

@@ -5,12 +5,22 @@ CPython version, but not in the layout `tritonserver` expects; this module
 assembles a backend directory (symlinks, built once per interpreter), sets
 the library and module paths the stub needs, and manages the process:
 start, wait until ready, stop on SIGTERM/SIGINT.
+
+Security defaults (docs/security.md): every endpoint binds 127.0.0.1 unless
+a host is given; the model-control APIs (repository index, load, unload),
+model config, shared memory, trace and logging settings need the admin key
+(Triton's restricted-API options), which comes from the caller,
+$PINRANK_ADMIN_KEY, a key file (0600) or is generated; a repository whose
+artifacts differ from their export manifest is refused before starting.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -23,7 +33,22 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
+
+from pinrank_client.admin import ADMIN_HEADER, ADMIN_KEY_ENV, admin_headers
+
+#: Triton API groups that need the admin key. Health, metadata, inference and
+#: statistics stay open: the SDK, load tests and benchmarks use only those.
+#: Shared memory is closed too: registering a region makes Triton read or
+#: write whatever local segment a caller names.
+RESTRICTED_APIS: tuple[str, ...] = ("model-repository", "model-config", "shared-memory", "trace", "logging")
+#: How Triton manages models: "none" loads the repository once at startup and
+#: refuses load/unload; "explicit" loads every model at startup and then
+#: follows load/unload calls (admin key); "poll" follows the repository on disk.
+ModelControl = Literal["none", "explicit", "poll"]
+MODEL_CONTROL_MODES: tuple[str, ...] = ("none", "explicit", "poll")
+# Triton splits the option on ':' ',' '='; a key holding them would be cut.
+_KEY_OK = re.compile(r"^[A-Za-z0-9._~+/-]{16,256}$")
 
 
 class ServerError(RuntimeError):
@@ -128,9 +153,78 @@ def server_env(extra_pythonpath: list[str] | None = None) -> dict[str, str]:
     return env
 
 
-def _ready(port: int, timeout: float = 1.0) -> bool:
+def default_admin_key_file(http_port: int) -> Path:
+    """Where `pinrank serve` keeps a generated admin key: a per-user runtime
+    directory (mode 0700), one file per HTTP port so servers don't collide."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return Path(base) / f"pinrank-{os.getuid()}" / f"admin-key-{http_port}"
+
+
+def _checked_key(key: str, source: str) -> str:
+    key = key.strip()
+    if not _KEY_OK.match(key):
+        raise ServerError(
+            f"admin key from {source} must be 16-256 characters of letters, digits and ._~+/- "
+            "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)"
+        )
+    return key
+
+
+def resolve_admin_key(key: str | None = None, key_file: Path | None = None) -> tuple[str, str]:
+    """(key, where it came from): `key`, else $PINRANK_ADMIN_KEY, else the
+    contents of `key_file`, else a new random key (persist it with
+    write_admin_key_file). A key file readable by others is refused."""
+    if key:
+        return _checked_key(key, "the caller"), "given"
+    env = os.environ.get(ADMIN_KEY_ENV, "")
+    if env.strip():
+        return _checked_key(env, f"${ADMIN_KEY_ENV}"), f"${ADMIN_KEY_ENV}"
+    if key_file is not None and Path(key_file).exists():
+        path = Path(key_file)
+        st = path.stat()
+        # A key someone else could have written is a key someone else knows.
+        if st.st_uid != os.getuid():
+            raise ServerError(f"admin key file {path} belongs to another user (uid {st.st_uid}): remove it")
+        mode = st.st_mode & 0o777
+        if mode & 0o077:
+            raise ServerError(f"admin key file {path} is readable by others (mode {mode:o}): chmod 600 it")
+        return _checked_key(path.read_text(), str(path)), str(path)
+    return secrets.token_hex(32), "generated"  # hex: never starts with "-" when pasted as an argument
+
+
+def write_admin_key_file(path: Path, key: str) -> Path:
+    """Write `key` to `path` readable by its owner only (directory 0700)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = path.parent.stat()
+    # In a shared temp dir another user could have made the directory first.
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise ServerError(f"{path.parent} is not a private directory (owner uid {st.st_uid}, mode "
+                          f"{st.st_mode & 0o777:o}): pass --admin-key-file in a directory only you can write")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=timeout) as r:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _ready(port: int, timeout: float = 1.0, host: str = "127.0.0.1") -> bool:
+    if host in ("0.0.0.0", "::", ""):  # wildcard binds answer on loopback too
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/v2/health/ready", timeout=timeout) as r:
             return r.status == 200
     except (urllib.error.URLError, OSError, ConnectionError):
         return False
@@ -146,20 +240,34 @@ def validate_repository(repo: Path) -> list[str]:
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
+    from pinrank.serving.integrity import IntegrityError, verify_repository
+
     for name in models:
         cfg = repo / name / "config.pbtxt"
         if not cfg.exists():
             raise ServerError(f"model repository {repo}: {name}/config.pbtxt is missing")
         try:
             text_format.Parse(cfg.read_text(), model_config_pb2.ModelConfig())
-        except text_format.ParseError as exc:
+        except (text_format.ParseError, UnicodeDecodeError) as exc:
             raise ServerError(f"{cfg}: not a valid Triton ModelConfig ({exc})") from exc
+    try:
+        verify_repository(repo)
+    except IntegrityError as exc:
+        raise ServerError(f"model repository {repo}: {exc}") from None
     return models
 
 
 @dataclass
 class TritonServer:
-    """A managed `tritonserver` process bound to 127.0.0.1."""
+    """A managed `tritonserver` process, bound to 127.0.0.1 unless `host` says
+    otherwise, with RESTRICTED_APIS behind the admin key.
+
+    The key is `admin_key`, else $PINRANK_ADMIN_KEY, else the contents of
+    `admin_key_file`, else generated (and written to `admin_key_file`, 0600,
+    when one is given); `admin_headers` carries it for tritonclient calls, e.g.
+    `client.load_model("ranker", headers=server.admin_headers)` under
+    `model_control="explicit"`.
+    """
 
     model_repository: Path
     ports: Ports = field(default_factory=Ports)
@@ -167,6 +275,41 @@ class TritonServer:
     extra_args: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"
     process: subprocess.Popen | None = None
+    admin_key: str | None = field(default=None, repr=False)
+    admin_key_file: Path | None = None
+    model_control: ModelControl = "none"
+    poll_secs: int = 5
+    restricted_apis: tuple[str, ...] = RESTRICTED_APIS
+    admin_key_source: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        if self.model_control not in MODEL_CONTROL_MODES:
+            raise ServerError(f"model_control must be one of {MODEL_CONTROL_MODES}, got {self.model_control!r}")
+        self.admin_key, self.admin_key_source = resolve_admin_key(self.admin_key, self.admin_key_file)
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """Headers that unlock the restricted APIs (HTTP and gRPC spellings)."""
+        assert self.admin_key is not None
+        return admin_headers(self.admin_key)
+
+    @property
+    def admin_header(self) -> str:
+        """The HTTP header name; gRPC wants it prefixed with `triton-grpc-protocol-`."""
+        return ADMIN_HEADER
+
+    def _control_args(self) -> list[str]:
+        if self.model_control == "explicit":
+            return ["--model-control-mode=explicit", "--load-model=*"]
+        if self.model_control == "poll":
+            return ["--model-control-mode=poll", f"--repository-poll-secs={self.poll_secs}"]
+        return []
+
+    def _restriction_args(self) -> list[str]:
+        if not self.restricted_apis:
+            return []
+        rule = f"{','.join(self.restricted_apis)}:{ADMIN_HEADER}={self.admin_key}"
+        return [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
 
     def command(self) -> list[str]:
         return [
@@ -182,6 +325,12 @@ class TritonServer:
             "--exit-on-error=true",
             "--strict-readiness=true",
             "--disable-auto-complete-config",
+            # Separate frontends the restricted-API options don't cover; off
+            # explicitly, since Vertex AI mode switches on from AIP_* env vars.
+            "--allow-sagemaker=false",
+            "--allow-vertex-ai=false",
+            *self._control_args(),
+            *self._restriction_args(),
             *self.extra_args,
         ]
 
@@ -194,6 +343,9 @@ class TritonServer:
                 f"cannot start tritonserver: {', '.join(busy)} already in use on {self.host} "
                 "(stop the other server or pass other ports, e.g. --http-port/--grpc-port/--metrics-port)"
             )
+        if self.admin_key_file is not None and self.admin_key_source == "generated":
+            write_admin_key_file(self.admin_key_file, self.admin_key or "")
+            self.admin_key_source = str(self.admin_key_file)
         if self.log_path is None:
             self.log_path = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +365,7 @@ class TritonServer:
                     f"tritonserver exited with code {self.process.returncode} during startup; "
                     f"last log lines:\n{self.log_tail()}"
                 )
-            if _ready(self.ports.http):
+            if _ready(self.ports.http, host=self.host):
                 return self
             time.sleep(0.25)
         self.stop()
@@ -233,7 +385,7 @@ class TritonServer:
         return self.process is not None and self.process.poll() is None
 
     def is_ready(self) -> bool:
-        return self.is_running() and _ready(self.ports.http)
+        return self.is_running() and _ready(self.ports.http, host=self.host)
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM (graceful: in-flight requests finish), then SIGKILL."""

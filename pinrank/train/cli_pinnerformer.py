@@ -1,4 +1,4 @@
-"""`pinrank train pinnerformer` and `pinrank embed` (the daily snapshot job)."""
+"""`pinrank train pinnerformer`, `pinrank embed` (the daily snapshot job) and `pinrank embed-merge`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from pinrank.models.pinnerformer import PinnerFormerConfig
+from pinrank.train.distributed import BACKENDS
 from pinrank.train.pinnerformer import PinnerFormerTrainConfig
 from pinrank.train.pinnerformer_loss import NEGATIVES, OBJECTIVES
 
@@ -24,6 +25,14 @@ def _load_data(path: Path):  # type: ignore[no-untyped-def]
         return load_dataset(path)
     except DatasetError as exc:
         raise click.ClickException(f"bad dataset: {exc}") from None
+
+
+#: Shared by both `train` commands: they run data-parallel when torchrun starts them.
+BACKEND_OPTION = click.option(
+    "--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+    help="Process-group backend when started by torchrun with WORLD_SIZE > 1 (data-parallel, "
+         "--batch-size is the global batch; docs/distributed.md): auto = nccl with one GPU per rank "
+         "when CUDA is available, else gloo on CPU. Ignored in a single process.")
 
 
 def _set_threads(threads: int | None) -> None:
@@ -69,31 +78,38 @@ def _set_threads(threads: int | None) -> None:
 @click.option("--no-eval", is_flag=True, help="Skip the Recall@10 evaluation after training.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@BACKEND_OPTION
 def train_pinnerformer(data: Path, out: Path, steps: int, batch_size: int, positions: int, lr: float,
                        window_days: float, objective: str, negatives: str, no_logq: bool, layers: int, hidden: int, heads: int, paper_size: bool, seed: int, resume: bool,
                        curve: Path | None, metrics_path: Path | None, no_eval: bool, threads: int | None,
-                       progress: bool) -> None:
+                       progress: bool, backend: str) -> None:
     """Train the PinnerFormer user tower with the dense all-action loss.
 
     Prints Recall@10 on the evaluation period (after train_end_ms) next to a
     popularity baseline, and writes the checkpoint, metrics JSON and curve.
+    Data-parallel under torchrun (`torchrun --standalone --nproc_per_node=N
+    -m pinrank.cli train pinnerformer ...`): rank 0 writes everything.
     """
     from pinrank.train.common import write_json
+    from pinrank.train.distributed import distributed_from_env
     from pinrank.train.pinnerformer import recall_summary
     from pinrank.train.pinnerformer import train_pinnerformer as train
 
     _set_threads(threads)
-    ds = _load_data(data)
     cfg = replace(_DEFAULT_TRAIN, steps=steps, batch_size=batch_size, positions_per_seq=positions, lr=lr,
                   future_window_days=window_days, seed=seed, objective=objective, negatives=negatives,
                   logq=not no_logq)
     try:
-        model_cfg = (PinnerFormerConfig.paper() if paper_size
-                     else replace(_DEFAULT_MODEL, num_layers=layers, hidden=hidden, heads=heads))
-        metrics = train(ds, out, cfg, model_cfg, resume=resume, curve=curve, progress=progress,
-                        evaluate=not no_eval)
+        with distributed_from_env(backend) as ctx:
+            ds = _load_data(data)
+            model_cfg = (PinnerFormerConfig.paper() if paper_size
+                         else replace(_DEFAULT_MODEL, num_layers=layers, hidden=hidden, heads=heads))
+            metrics = train(ds, out, cfg, model_cfg, resume=resume, curve=curve, progress=progress,
+                            evaluate=not no_eval, ctx=ctx)
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
+    if not ctx.is_main:
+        return
     path = write_json(metrics_path or out.with_suffix(".metrics.json"), metrics)
     if not progress and not no_eval:  # with progress on, training already printed it
         click.echo(recall_summary(metrics))
@@ -114,7 +130,8 @@ def _parse_day(value: str) -> int:
 @click.option("--data", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
               help="Dataset directory whose action log is embedded.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="Snapshot directory to write (user_ids.npy, user_emb.npy, cold_start.npy, meta.json).")
+              help="Snapshot directory to write (user_ids.npy, user_emb.npy, cold_start.npy, meta.json); "
+                   "with --shard-index, the shard directory instead.")
 @click.option("--as-of", "as_of", default=None, metavar="YYYY-MM-DD",
               help="Use actions strictly before this UTC midnight (default: the dataset's train_end_ms).")
 @click.option("--previous", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
@@ -122,19 +139,84 @@ def _parse_day(value: str) -> int:
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Users per forward pass (small batches are faster on CPU: less padding, cache-friendly).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
+@click.option("--num-shards", type=click.IntRange(min=1), default=None,
+              help="Embed one of this many disjoint user shards (key: splitmix64(user_id) % N) and write it "
+                   "to --out as a shard; join all N with `pinrank embed-merge`. Give the same --as-of and "
+                   "--previous to every shard.")
+@click.option("--shard-index", type=click.IntRange(min=0), default=None,
+              help="Which shard (0 .. --num-shards - 1) this process embeds.")
 def embed(checkpoint: Path, data: Path, out: Path, as_of: str | None, previous: Path | None, batch_size: int,
-          threads: int | None) -> None:
-    """Build the daily user-embedding snapshot that serving reads."""
-    from pinrank.embed import build_snapshot
-    from pinrank.snapshot import SnapshotError, UserSnapshot
+          threads: int | None, num_shards: int | None, shard_index: int | None) -> None:
+    """Build the daily user-embedding snapshot that serving reads.
 
+    Sharded: run `--num-shards N --shard-index I` as N independent processes,
+    then `pinrank embed-merge`; or start this command under torchrun (`torchrun
+    --standalone --nproc_per_node=N -m pinrank.cli embed ...`): each rank
+    embeds one shard and rank 0 merges them into --out.
+    """
+    from pinrank.embed import build_snapshot
+    from pinrank.embed_shards import build_shard, merge_shards
+    from pinrank.snapshot import SnapshotError, UserSnapshot
+    from pinrank.train.distributed import distributed_from_env, gather_objects, world_size_from_env
+
+    if (num_shards is None) != (shard_index is None):
+        raise click.UsageError("give --num-shards and --shard-index together")
+    if num_shards is not None and shard_index is not None and shard_index >= num_shards:
+        raise click.BadParameter(f"{shard_index} is not below --num-shards {num_shards}", param_hint="--shard-index")
+    if num_shards is not None and world_size_from_env() > 1:
+        raise click.UsageError("--num-shards/--shard-index are for independent processes; under torchrun each "
+                               "rank already embeds its own shard")
     _set_threads(threads)
     ds = _load_data(data)
     as_of_ms = _parse_day(as_of) if as_of is not None else ds.train_end_ms
     try:
         prev = UserSnapshot.load(previous) if previous is not None else None
-        snap = build_snapshot(checkpoint, ds, as_of_ms, prev, batch_size=batch_size)
+        if num_shards is not None and shard_index is not None:
+            shard = build_shard(checkpoint, ds, as_of_ms, shard_index, num_shards, prev, batch_size=batch_size)
+            shard.save(out)
+            click.echo(f"shard {shard_index} of {num_shards} -> {out}: {shard.user_ids.size} users recomputed "
+                       f"(as of {shard.meta['version']})")
+            return
+        # Embedding runs on CPU, so the group only moves shards: gloo even on GPU hosts.
+        with distributed_from_env("gloo") as ctx:
+            if not ctx.enabled:
+                snap = build_snapshot(checkpoint, ds, as_of_ms, prev, batch_size=batch_size)
+            else:
+                shard = build_shard(checkpoint, ds, as_of_ms, ctx.rank, ctx.world_size, prev, batch_size=batch_size)
+                shard.origin = f"rank {ctx.rank}"
+                shards = gather_objects(shard, ctx)
+                if not ctx.is_main:
+                    return
+                snap = merge_shards(shards or [], prev)
     except (SnapshotError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc).splitlines()[0]) from None
     snap.save(out)
     click.echo(f"snapshot {out}: version {snap.meta['version']}, " + json.dumps(snap.meta["counts"]))
+
+
+@click.command("embed-merge")
+@click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Snapshot directory to write (the same layout `pinrank embed` writes).")
+@click.option("--previous", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="The snapshot the shards were built against with `pinrank embed --previous`: its users "
+                   "that no shard recomputed are carried over. Required for such shards, refused otherwise.")
+def embed_merge(shards: tuple[Path, ...], out: Path, previous: Path | None) -> None:
+    """Merge the shard directories of `pinrank embed --num-shards N --shard-index I`
+    into one versioned snapshot.
+
+    Refuses a missing or repeated shard, shards of different models, dates,
+    data or previous snapshots, and overlapping users.
+    """
+    from pinrank.embed_shards import EmbeddingShard, merge_shards
+    from pinrank.snapshot import SnapshotError, UserSnapshot
+
+    try:
+        loaded = [EmbeddingShard.load(p) for p in shards]
+        prev = UserSnapshot.load(previous) if previous is not None else None
+        snap = merge_shards(loaded, prev)
+    except (SnapshotError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    snap.save(out)
+    click.echo(f"snapshot {out}: version {snap.meta['version']} from {len(loaded)} shards, "
+               + json.dumps(snap.meta["counts"]))

@@ -10,6 +10,8 @@ import click
 
 from pinrank.models.ranker import RankerConfig
 from pinrank.models.realtime import MODES
+from pinrank.train.cli_pinnerformer import BACKEND_OPTION
+from pinrank.train.distributed import SINGLE, DistContext, broadcast_object
 from pinrank.train.ranker import TrainConfig
 
 _DEFAULT_MODEL = RankerConfig()
@@ -27,9 +29,11 @@ def _load_snapshot_dir(root: Path) -> list:
     return [UserSnapshot.load(p) for p in subdirs]
 
 
-def _snapshots(ds, pinnerformer: Path | None, snapshots_dir: Path | None) -> list:
+def _snapshots(ds, pinnerformer: Path | None, snapshots_dir: Path | None,  # type: ignore[no-untyped-def]
+               ctx: DistContext = SINGLE) -> list:
     """Daily snapshots: built from a PinnerFormer checkpoint (and saved to
-    snapshots_dir if given), or loaded from snapshots_dir."""
+    snapshots_dir if given), or loaded from snapshots_dir. Data-parallel:
+    rank 0 builds and saves them, and sends them to the other ranks."""
     if pinnerformer is None:
         assert snapshots_dir is not None
         return _load_snapshot_dir(snapshots_dir)
@@ -38,7 +42,10 @@ def _snapshots(ds, pinnerformer: Path | None, snapshots_dir: Path | None) -> lis
     except ImportError as exc:
         raise click.ClickException(f"cannot build snapshots: pinrank.embed is unavailable ({exc})") from None
 
+    if not ctx.is_main:
+        return broadcast_object(None, ctx)
     snaps = build_daily_snapshots(pinnerformer, ds, int(ds.meta["start_ms"]), int(ds.meta["end_ms"]))
+    broadcast_object(snaps, ctx)
     if snapshots_dir is not None:
         import datetime as dt
 
@@ -81,17 +88,20 @@ def _snapshots(ds, pinnerformer: Path | None, snapshots_dir: Path | None) -> lis
               help="Write the evaluation metrics JSON here (default: OUT with .metrics.json).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@BACKEND_OPTION
 def train_ranker(data: Path, pinnerformer: Path | None, no_pinnerformer: bool, snapshots_dir: Path | None,
                  out: Path, mode: str, no_realtime: bool, steps: int, batch_size: int, lr: float,
                  mask_window_h: float, seed: int, resume: bool, curve: Path | None, metrics_path: Path | None,
-                 threads: int | None, progress: bool) -> None:
+                 threads: int | None, progress: bool, backend: str) -> None:
     """Train the ranker (DCN v2 over candidate, PinnerFormer user embedding,
     context and the realtime action sequence; one head per schema.HEADS) on the
     dataset's impressions before meta train_end_ms, then report AUC and HIT@3
     per head on the requests after it.
 
     User embeddings come from daily snapshots: a request on day d reads the
-    newest snapshot as of d's UTC midnight, as serving would.
+    newest snapshot as of d's UTC midnight, as serving would. Data-parallel
+    under torchrun (`torchrun --standalone --nproc_per_node=N -m pinrank.cli
+    train ranker ...`): rank 0 builds the snapshots and writes everything.
     """
     import numpy as np
     import torch
@@ -99,6 +109,7 @@ def train_ranker(data: Path, pinnerformer: Path | None, no_pinnerformer: bool, s
     from pinrank.data.dataset import DatasetError, load_dataset
     from pinrank.snapshot import SnapshotError
     from pinrank.train.common import write_json
+    from pinrank.train.distributed import distributed_from_env
     from pinrank.train.ranker import format_metrics, train_ranker as run_training
     from pinrank.train.ranker_data import build_ranker_data
 
@@ -118,20 +129,24 @@ def train_ranker(data: Path, pinnerformer: Path | None, no_pinnerformer: bool, s
                         mask_window_h=mask_window_h)
     t0 = time.perf_counter()
     try:
-        ds = load_dataset(data)
-        snaps = None if no_pinnerformer else _snapshots(ds, pinnerformer, snapshots_dir)
-        full = build_ranker_data(ds, snaps)
-        train, evaluation = full.split(ds.train_end_ms)
-        click.echo(f"featurized {full.num_requests} requests / {full.num_impressions} impressions in "
-                   f"{time.perf_counter() - t0:.1f}s: train {train.num_impressions}, eval {evaluation.num_impressions}; "
-                   f"known users {full.user_known.mean():.1%}")
-        extra = {"item_ids": np.asarray(ds.item_ids, dtype=np.int64), "data": str(data),
-                 "pinnerformer": str(pinnerformer) if pinnerformer else None,
-                 "snapshots": len(snaps) if snaps else 0, "train_end_ms": ds.train_end_ms}
-        result = run_training(train, ds.item_emb, model_cfg, train_cfg, out=out, eval_data=evaluation,
-                              resume=resume, curve=curve, extra=extra, progress=progress)
+        with distributed_from_env(backend) as ctx:
+            ds = load_dataset(data)
+            snaps = None if no_pinnerformer else _snapshots(ds, pinnerformer, snapshots_dir, ctx)
+            full = build_ranker_data(ds, snaps)
+            train, evaluation = full.split(ds.train_end_ms)
+            if ctx.is_main:
+                click.echo(f"featurized {full.num_requests} requests / {full.num_impressions} impressions in "
+                           f"{time.perf_counter() - t0:.1f}s: train {train.num_impressions}, eval "
+                           f"{evaluation.num_impressions}; known users {full.user_known.mean():.1%}")
+            extra = {"item_ids": np.asarray(ds.item_ids, dtype=np.int64), "data": str(data),
+                     "pinnerformer": str(pinnerformer) if pinnerformer else None,
+                     "snapshots": len(snaps) if snaps else 0, "train_end_ms": ds.train_end_ms}
+            result = run_training(train, ds.item_emb, model_cfg, train_cfg, out=out, eval_data=evaluation,
+                                  resume=resume, curve=curve, extra=extra, progress=progress, ctx=ctx)
     except (DatasetError, SnapshotError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
+    if not ctx.is_main:
+        return
     click.echo(f"trained {result.step} steps ({mode}) in {result.seconds:.0f}s -> {out}")
     if result.metrics is None:
         click.echo("no eval-period impressions: nothing evaluated")

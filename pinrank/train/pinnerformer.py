@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pinrank import schema
@@ -34,7 +35,8 @@ from pinrank.models.pinnerformer import (
     to_tensors,
 )
 from pinrank.train.common import load_checkpoint, plot_curves, save_checkpoint, seed_everything
-from pinrank.train.pinnerformer_loss import DenseAllActionLoss, DenseAllActionSampler
+from pinrank.train.distributed import SINGLE, DistContext, even_bounds, gather_rows
+from pinrank.train.pinnerformer_loss import DenseAllActionLoss, DenseAllActionSampler, DenseBatch
 
 _DAY_MS = 86_400_000
 KIND = "pinnerformer"
@@ -100,18 +102,75 @@ def _lr_factor(step: int, cfg: PinnerFormerTrainConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def draw_batch(sampler: DenseAllActionSampler, rng: np.random.Generator, cfg: PinnerFormerTrainConfig,
+               negatives: str, num_items: int) -> tuple[DenseBatch, np.ndarray]:
+    """The next global batch and its random negatives (item indices), from `rng`."""
+    batch = sampler.sample(rng, cfg.batch_size)
+    n_random = 0 if negatives == "in_batch" else cfg.num_random_negatives
+    return batch, rng.integers(1, num_items + 1, size=n_random)
+
+
+def batch_loss(model: PinnerFormer, loss_fn: DenseAllActionLoss, batch: DenseBatch, neg: np.ndarray,
+               ctx: DistContext = SINGLE) -> tuple[Tensor, dict[str, float]]:
+    """The dense all-action loss of `batch` with random negatives `neg`.
+
+    Alone: the batch mean. Data-parallel (every rank holds the same `batch`
+    and `neg`): this rank encodes its contiguous part of the windows, of the
+    labels and of the random negatives; the item embeddings are gathered from
+    every rank (differentiably), so each rank's rows score against the whole
+    global batch's in-batch negatives and all random ones, as in a single
+    process. The returned loss is this rank's share: the shares add up to
+    the single-process mean (trainers multiply by world_size before
+    backward, since DDP averages gradients).
+    """
+    dev = ctx.device
+    label = torch.from_numpy(batch.label).to(dev)
+    owner = torch.from_numpy(batch.owner).to(dev)
+    neg_t = torch.from_numpy(np.asarray(neg, dtype=np.int64)).to(dev)
+    if not ctx.enabled:
+        hidden = model.encode(**to_tensors(batch.inputs))
+        user = model.head(hidden[torch.from_numpy(batch.row), torch.from_numpy(batch.col)])  # sampled positions only
+        items = model.encode_items(torch.cat([label, neg_t]))
+        return loss_fn(user, label, items[: label.numel()], owner, neg_t, items[label.numel():])
+
+    windows = even_bounds(batch.inputs["action"].shape[0], ctx.world_size)
+    pairs = np.searchsorted(batch.row, windows)  # rows are in window order: each rank's pairs are contiguous
+    negs = even_bounds(neg_t.numel(), ctx.world_size)
+    r = ctx.rank
+    w_lo, p_lo, p_hi = int(windows[r]), int(pairs[r]), int(pairs[r + 1])
+    inputs = {k: v[w_lo: windows[r + 1]] for k, v in batch.inputs.items()}
+    hidden = model.encode(**{k: t.to(dev) for k, t in to_tensors(inputs).items()})
+    row = torch.from_numpy(batch.row[p_lo:p_hi] - w_lo).to(dev)
+    col = torch.from_numpy(batch.col[p_lo:p_hi]).to(dev)
+    user = model.head(hidden[row, col])
+    mine = model.encode_items(torch.cat([label[p_lo:p_hi], neg_t[negs[r]: negs[r + 1]]]))
+    n_labels, n_negs = np.diff(pairs), np.diff(negs)
+    blocks = gather_rows(mine, (n_labels + n_negs).tolist(), ctx)
+    label_emb = torch.cat([b[: n_labels[i]] for i, b in enumerate(blocks)])
+    neg_emb = torch.cat([b[n_labels[i]:] for i, b in enumerate(blocks)])
+    return loss_fn(user, label[p_lo:p_hi], mine[: p_hi - p_lo], owner[p_lo:p_hi], neg_t, neg_emb,
+                   batch_label=label, batch_label_emb=label_emb, batch_owner=owner, num_rows=int(label.numel()))
+
+
 def train_step(model: PinnerFormer, loss_fn: DenseAllActionLoss, sampler: DenseAllActionSampler,
                rng: np.random.Generator, cfg: PinnerFormerTrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """Sample a batch and compute the loss (no optimiser step)."""
-    batch = sampler.sample(rng, cfg.batch_size)
-    hidden = model.encode(**to_tensors(batch.inputs))
-    row, col = torch.from_numpy(batch.row), torch.from_numpy(batch.col)
-    user = model.head(hidden[row, col])  # the head runs only at sampled positions
-    label = torch.from_numpy(batch.label)
-    n_random = 0 if loss_fn.negatives == "in_batch" else cfg.num_random_negatives
-    neg = torch.from_numpy(rng.integers(1, model.num_items + 1, size=n_random))
-    items = model.encode_items(torch.cat([label, neg]))
-    return loss_fn(user, label, items[: label.numel()], torch.from_numpy(batch.owner), neg, items[label.numel():])
+    """Sample a batch and compute the loss (no optimiser step), in a single process."""
+    batch, neg = draw_batch(sampler, rng, cfg, loss_fn.negatives, model.num_items)
+    return batch_loss(model, loss_fn, batch, neg)
+
+
+class PinnerFormerStep(nn.Module):
+    """Model + loss as one module, so DistributedDataParallel syncs the
+    temperature's gradient too and sees the whole step in one forward."""
+
+    def __init__(self, model: PinnerFormer, loss_fn: DenseAllActionLoss, ctx: DistContext = SINGLE) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+        self.ctx = ctx
+
+    def forward(self, batch: DenseBatch, neg: np.ndarray) -> tuple[Tensor, dict[str, float]]:  # type: ignore[override]
+        return batch_loss(self.model, self.loss_fn, batch, neg, self.ctx)
 
 
 def eval_targets(ds: Dataset, sequence_actions: Any, window_days: float) -> tuple[UserTimelines, list[int], list[np.ndarray]]:
@@ -186,7 +245,8 @@ def recall_summary(metrics: dict[str, Any]) -> str:
 def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfig | None = None,
                        model_cfg: PinnerFormerConfig | None = None, *, resume: bool = False,
                        curve: str | Path | None = None, progress: bool = True,
-                       evaluate: bool = True, stop_at: int | None = None) -> dict[str, Any]:
+                       evaluate: bool = True, stop_at: int | None = None,
+                       ctx: DistContext = SINGLE) -> dict[str, Any]:
     """Train (or resume) and write the checkpoint `out`; return metrics and timing.
 
     With `resume=True` and an existing `out`, the model/train config, weights,
@@ -194,9 +254,17 @@ def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfi
     history come from the checkpoint; `cfg.steps` is the new total.
     `stop_at` ends this run early (checkpointed) at that step, e.g. to split
     a long run across jobs; the schedule still follows `cfg.steps`.
+
+    With a distributed `ctx` (torchrun), `cfg.batch_size` is the global batch:
+    every rank draws it from the same seeded RNG and trains on its part
+    (`batch_loss`), so the run follows the single-process one and a
+    checkpoint resumes on any number of ranks. Only rank 0 writes the
+    checkpoint and the curve, shows progress and evaluates.
     """
     out = Path(out)
     cfg = cfg or PinnerFormerTrainConfig()
+    if cfg.batch_size < ctx.world_size:
+        raise ValueError(f"batch size {cfg.batch_size} < {ctx.world_size} ranks: every rank needs a window")
     seed_everything(cfg.seed)
     ckpt = None
     if resume and out.exists():
@@ -212,6 +280,8 @@ def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfi
     loss_fn = DenseAllActionLoss(ds.num_items, cfg.init_temperature, cfg.min_temperature,
                                  cfg.max_in_batch_negatives, cfg.cms_width, cfg.cms_depth, cfg.seed,
                                  negatives=cfg.negatives, logq=cfg.logq)
+    model.to(ctx.device)
+    loss_fn.to(ctx.device)
     params = list(model.parameters()) + list(loss_fn.parameters())
     # No weight decay on vectors (biases, norms, phases, the log-temperature):
     # decay would pull the temperature towards 1 and the norms towards 0.
@@ -236,7 +306,12 @@ def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfi
 
     sampler = make_sampler(ds, model_cfg, cfg)
 
+    # Without the id table the tower leaves item_id_emb out of the graph; DDP must be told.
+    step_fn = ctx.wrap(PinnerFormerStep(model, loss_fn, ctx), find_unused_parameters=not model.use_item_id)
+
     def save() -> None:
+        if not ctx.is_main:
+            return
         save_checkpoint(
             out, kind=KIND, model=model, optimizer=opt, step=step,
             config={"model": model_cfg.to_dict(), "train": asdict(cfg), "num_items": ds.num_items},
@@ -247,21 +322,29 @@ def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfi
 
     model.train()
     t_start = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=step, desc="pinnerformer", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=step, desc="pinnerformer", disable=not (progress and ctx.is_main),
+               dynamic_ncols=True)
     last = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     while step < last:
         lr = cfg.lr * _lr_factor(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
-        loss, stats = train_step(model, loss_fn, sampler, rng, cfg)
+        batch, neg = draw_batch(sampler, rng, cfg, loss_fn.negatives, model.num_items)
+        loss, stats = step_fn(batch, neg)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        # DDP averages gradients over ranks; each loss is a share of the global mean.
+        (loss * ctx.world_size if ctx.enabled else loss).backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         step += 1
-        window["loss"] += float(loss.detach())
+        if ctx.enabled:
+            total, correct = ctx.sum([float(loss.detach()), stats["batch_acc"] * stats["rows"]])
+            window["loss"] += total
+            window["batch_acc"] += correct / batch.label.size
+        else:
+            window["loss"] += float(loss.detach())
+            window["batch_acc"] += stats["batch_acc"]
         window["temperature"] += stats["temperature"]
-        window["batch_acc"] += stats["batch_acc"]
         window["n"] += 1
         if step % cfg.log_every == 0 or step == cfg.steps:
             n = window.pop("n")
@@ -279,7 +362,11 @@ def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfi
 
     metrics: dict[str, Any] = {"steps": step, "train_seconds": round(train_seconds, 2),
                                "final_loss": history["loss"][-1] if history["loss"] else None,
-                               "checkpoint": str(out)}
+                               "checkpoint": str(out), "world_size": ctx.world_size}
+    model.cpu()  # evaluation and callers work on CPU tensors
+    if not ctx.is_main:
+        model.eval()
+        return metrics
     if evaluate:
         ev = evaluate_recall(model, ds, cfg.eval_k, cfg.eval_window_days)
         metrics.update({f"eval_{k}": v for k, v in ev.items()})
@@ -292,7 +379,10 @@ def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfi
 
 
 __all__ = [
+    "PinnerFormerStep",
     "PinnerFormerTrainConfig",
+    "batch_loss",
+    "draw_batch",
     "eval_targets",
     "evaluate_recall",
     "load_pinnerformer",

@@ -243,13 +243,25 @@ class DenseAllActionLoss(nn.Module):
         return self.log_temperature.exp().clamp_min(self.min_temperature)
 
     def forward(self, user: Tensor, label: Tensor, label_emb: Tensor, owner: Tensor,
-                neg: Tensor, neg_emb: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """user/label_emb [R, D] unit-norm, label/owner [R], neg [N], neg_emb [N, D]."""
-        self.sketch.update(label)
-        n_in = 0 if self.negatives == "random" else min(label.size(0), self.max_in_batch)
+                neg: Tensor, neg_emb: Tensor, *, batch_label: Tensor | None = None,
+                batch_label_emb: Tensor | None = None, batch_owner: Tensor | None = None,
+                num_rows: int | None = None) -> tuple[Tensor, dict[str, float]]:
+        """user/label_emb [R, D] unit-norm, label/owner [R], neg [N], neg_emb [N, D].
+
+        Data-parallel ranks pass their own R rows plus the global batch: its
+        labels, label embeddings (gathered from every rank) and owners as
+        `batch_*` (the in-batch negatives and the sketch come from these, as
+        in a single process), the same `neg` on every rank, and `num_rows` =
+        the global row count. The loss is then this rank's rows' sum /
+        num_rows: the ranks' losses add up to the single-process mean.
+        """
+        if batch_label is None or batch_label_emb is None or batch_owner is None:
+            batch_label, batch_label_emb, batch_owner = label, label_emb, owner
+        self.sketch.update(batch_label)
+        n_in = 0 if self.negatives == "random" else min(batch_label.size(0), self.max_in_batch)
         if self.negatives == "in_batch":
             neg, neg_emb = neg[:0], neg_emb[:0]
-        inb, inb_emb, inb_owner = label[:n_in], label_emb[:n_in], owner[:n_in]
+        inb, inb_emb, inb_owner = batch_label[:n_in], batch_label_emb[:n_in], batch_owner[:n_in]
 
         def log_q(items: Tensor) -> Tensor:
             if not self.logq:
@@ -270,8 +282,12 @@ class DenseAllActionLoss(nn.Module):
             [pos_logit, inb_logit.masked_fill(inb_mask, -1e9), neg_logit.masked_fill(neg_mask, -1e9)], dim=1
         )
         target = torch.zeros(user.size(0), dtype=torch.long, device=user.device)
-        loss = F.cross_entropy(logits, target)
+        if num_rows is None:
+            loss = F.cross_entropy(logits, target)
+        else:
+            loss = F.cross_entropy(logits, target, reduction="sum") / num_rows
         with torch.no_grad():
-            acc = (logits.argmax(dim=1) == 0).float().mean().item()
+            # A rank may hold no labelled rows this step; its accuracy then counts for nothing.
+            acc = (logits.argmax(dim=1) == 0).float().mean().item() if user.size(0) else 0.0
         return loss, {"temperature": float(tau.detach()), "batch_acc": acc,
-                      "num_candidates": float(logits.size(1) - 1)}
+                      "num_candidates": float(logits.size(1) - 1), "rows": float(user.size(0))}

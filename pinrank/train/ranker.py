@@ -24,11 +24,13 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from pinrank import schema
 from pinrank.models.ranker import Ranker, RankerConfig, ranker_from_checkpoint
 from pinrank.train.common import load_checkpoint, plot_curves, save_checkpoint, seed_everything
+from pinrank.train.distributed import SINGLE, DistContext, weighted_bounds
 from pinrank.train.ranker_data import RankerData
 
 #: Extra weight M[h, a] that label a adds to head h (schema.HEADS names).
@@ -46,11 +48,18 @@ def label_weight_matrix(extra: Mapping[tuple[str, str], float] | None = None) ->
     return m
 
 
-def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, weight_matrix: torch.Tensor) -> torch.Tensor:
-    """Mean over examples of sum_h w_h * BCE_h, w = 1 + labels @ M^T."""
+def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, weight_matrix: torch.Tensor,
+                 num_rows: int | None = None) -> torch.Tensor:
+    """Mean over examples of sum_h w_h * BCE_h, w = 1 + labels @ M^T.
+
+    With `num_rows` (a data-parallel rank's part of a global batch of that
+    many impressions): the sum over these examples / num_rows, the rank's
+    share of the global mean.
+    """
     w = 1.0 + labels @ weight_matrix.t()
     bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    return (w * bce).sum(dim=1).mean()
+    per_row = (w * bce).sum(dim=1)
+    return per_row.mean() if num_rows is None else per_row.sum() / num_rows
 
 
 # --- metrics -------------------------------------------------------------------
@@ -222,6 +231,46 @@ def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     return f
 
 
+def batch_loss(model: nn.Module, data: RankerData, reqs: np.ndarray, weights: torch.Tensor, cfg: TrainConfig,
+               step: int, ctx: DistContext = SINGLE) -> torch.Tensor:
+    """Weighted BCE of step `step`'s request batch `reqs` (time windows drawn from (seed, step)).
+
+    Alone: the batch mean. Data-parallel (every rank holds the same `reqs`):
+    this rank takes a contiguous part of the requests with about 1/W of the
+    impressions (whole requests, so the fused ranker still encodes each
+    sequence once) and returns its share of the global mean; the shares add
+    up to the single-process loss. `model` may be DDP-wrapped.
+    """
+    window = None
+    if cfg.mask_window_h > 0:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        window = torch.rand(reqs.size, generator=g) * cfg.mask_window_h
+    num_rows, scale = None, 1.0
+    if ctx.enabled:
+        counts = np.diff(data.offsets)[reqs]
+        num_rows = int(counts.sum())
+        if reqs.size >= ctx.world_size:
+            bounds = weighted_bounds(counts, ctx.world_size)
+        else:  # an epoch's last batch can be tiny: one request per rank while they last
+            bounds = np.minimum(np.arange(ctx.world_size + 1), reqs.size)
+        lo, hi = int(bounds[ctx.rank]), int(bounds[ctx.rank + 1])
+        if lo == hi:
+            # Nothing left for this rank, but DDP needs its forward and backward:
+            # any request, weighted 0, adds nothing to the loss or the gradient.
+            lo, hi, scale = 0, 1, 0.0
+        reqs = reqs[lo:hi]
+        window = window[lo:hi] if window is not None else None
+    b = {k: v.to(ctx.device) for k, v in data.torch_batch(reqs).items()}
+    if window is not None:
+        window = window.to(ctx.device)
+    # Dropout, reproducible across resumes; ranks draw different masks (rank 0 = the single-process one).
+    torch.manual_seed(cfg.seed * 7_919 + step + ctx.rank * 1_000_000_007)
+    logits = model(b["cand_idx"], b["req_index"], b["user_emb"], b["seq_item_idx"], b["seq_action"],
+                   b["seq_surface"], b["seq_age_h"], b["context"], window)
+    loss = weighted_bce(logits, b["labels"], weights, num_rows)
+    return loss * scale if scale != 1.0 else loss
+
+
 @dataclass
 class TrainResult:
     model: Ranker
@@ -234,17 +283,20 @@ class TrainResult:
 def train_ranker(train: RankerData, item_emb: np.ndarray, model_cfg: RankerConfig, cfg: TrainConfig,
                  out: str | Path | None = None, eval_data: RankerData | None = None, resume: bool = False,
                  curve: str | Path | None = None, extra: dict[str, Any] | None = None,
-                 progress: bool = True) -> TrainResult:
+                 progress: bool = True, ctx: DistContext = SINGLE) -> TrainResult:
     """Train (or resume) a ranker; checkpoint to `out`, evaluate on `eval_data`.
 
     `item_emb` [num_items, ITEM_EMB_DIM] is the frozen table (vocab order).
     `extra` is stored in the checkpoint (e.g. item_ids, data provenance).
+    With a distributed `ctx` (torchrun), `cfg.batch_size` is the global batch
+    and each rank trains on its part (`batch_loss`); only rank 0 writes the
+    checkpoint and curve, shows progress and evaluates (others get metrics None).
     """
     if train.num_impressions == 0:
         raise ValueError("no training impressions (is train_end_ms after the first request?)")
     gen = seed_everything(cfg.seed)
     del gen  # per-step generators below make resumption exact
-    model = Ranker(model_cfg, item_emb=item_emb)
+    model = Ranker(model_cfg, item_emb=item_emb).to(ctx.device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
@@ -264,7 +316,10 @@ def train_ranker(train: RankerData, item_emb: np.ndarray, model_cfg: RankerConfi
         prior_seconds = float(ckpt["extra"].get("train_seconds", 0.0))
         if ckpt["extra"].get("scheduler"):
             sched.load_state_dict(ckpt["extra"]["scheduler"])
-    weights = torch.from_numpy(cfg.weight_matrix())
+    weights = torch.from_numpy(cfg.weight_matrix()).to(ctx.device)
+    # Every mode leaves some parameters out of the graph (surface embedding,
+    # the other layout's readout), so DDP must look for unused ones.
+    net = ctx.wrap(model, find_unused_parameters=True)
     counts = np.diff(train.offsets)
     cache: dict[int, list[np.ndarray]] = {}
     ckpt_extra = dict(extra or {})
@@ -275,7 +330,7 @@ def train_ranker(train: RankerData, item_emb: np.ndarray, model_cfg: RankerConfi
         return prior_seconds + time.perf_counter() - start
 
     def save(at_step: int, metrics: dict[str, Any] | None = None, train_seconds: float | None = None) -> None:
-        if out is None:
+        if out is None or not ctx.is_main:
             return
         save_checkpoint(
             out, kind="ranker", model=model, optimizer=opt, step=at_step,
@@ -289,27 +344,20 @@ def train_ranker(train: RankerData, item_emb: np.ndarray, model_cfg: RankerConfi
 
     model.train()
     running: list[float] = []
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"ranker[{model_cfg.mode}]", disable=not progress,
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"ranker[{model_cfg.mode}]", disable=not (progress and ctx.is_main),
                dynamic_ncols=True)
     while step < cfg.steps:
         reqs = _batch_for_step(counts, cfg, step, cache)
-        b = train.torch_batch(reqs)
-        window = None
-        if cfg.mask_window_h > 0:
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            window = torch.rand(reqs.size, generator=g) * cfg.mask_window_h
-        torch.manual_seed(cfg.seed * 7_919 + step)  # dropout, reproducible across resumes
-        logits = model(b["cand_idx"], b["req_index"], b["user_emb"], b["seq_item_idx"], b["seq_action"],
-                       b["seq_surface"], b["seq_age_h"], b["context"], window)
-        loss = weighted_bce(logits, b["labels"], weights)
+        loss = batch_loss(net, train, reqs, weights, cfg, step, ctx)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        # DDP averages gradients over ranks; each loss is a share of the global mean.
+        (loss * ctx.world_size if ctx.enabled else loss).backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
         step += 1
-        running.append(loss.item())
+        running.append(ctx.sum([loss.item()])[0] if ctx.enabled else loss.item())
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             history["loss"].append(float(np.mean(running)))
@@ -321,6 +369,9 @@ def train_ranker(train: RankerData, item_emb: np.ndarray, model_cfg: RankerConfi
     bar.close()
     elapsed = seconds()
     metrics = None
+    model.cpu()  # evaluation and callers work on CPU tensors
+    if not ctx.is_main:
+        return TrainResult(model.eval(), history, None, elapsed, step)
     if eval_data is not None and eval_data.num_impressions:
         metrics = evaluate(model, eval_data, seed=cfg.eval_seed)
     save(step, metrics, train_seconds=elapsed)

@@ -63,3 +63,28 @@ def test_ranker_warmup_can_be_disabled_and_is_range_checked():
     assert not ranker_config("cpu", ProfileSettings(warmup_count=0)).model_warmup
     with pytest.raises(ValueError, match="warmup_candidates"):
         ranker_config("cpu", ProfileSettings(warmup_candidates=schema.MAX_CANDIDATES + 1))
+
+
+def test_single_pipeline_is_one_python_model_with_the_public_contract():
+    cfgs = profile_configs("cpu", ProfileSettings(pipeline="single", ranker_instances=3, cpu_runtime="torchscript"))
+    assert list(cfgs) == [schema.ENSEMBLE_MODEL]
+    cfg = parse_pbtxt(to_pbtxt(cfgs[schema.ENSEMBLE_MODEL]))
+    assert cfg.backend == "python" and cfg.platform == "" and not cfg.ensemble_scheduling.step
+    assert [i.name for i in cfg.input] == [s.name for s in schema.REQUEST_INPUTS]
+    assert [o.name for o in cfg.output] == [s.name for s in schema.RESPONSE_OUTPUTS]
+    assert cfg.instance_group[0].count == 3 and cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    assert cfg.parameters["RUNTIME"].string_value == "torchscript"
+    assert cfg.parameters["WARMUP_CANDIDATES"].string_value == "500"
+
+
+def test_single_pipeline_is_cpu_only_and_names_are_checked():
+    with pytest.raises(ValueError, match="cpu profile"):
+        profile_configs("gpu", ProfileSettings(pipeline="single"))
+    with pytest.raises(ValueError, match="unknown pipeline"):
+        ProfileSettings(pipeline="fused")
+
+
+def test_cpu_ranker_names_its_runtime():
+    for runtime in ("onnxruntime", "torchscript"):
+        cfg = ranker_config("cpu", ProfileSettings(cpu_runtime=runtime))
+        assert cfg.parameters["RUNTIME"].string_value == runtime

@@ -157,7 +157,8 @@ def test_cli_default_formats_ship_onnx_next_to_torchscript(tmp_path, inputs):
     version = tmp_path / "repo" / "cpu" / schema.RANKER_MODEL / "1"
     assert sorted(p.name for p in version.iterdir() if p.is_file()) == [
         "manifest.json", "model.py", "ranker.onnx", "ranker.pt"]
-    assert "onnxruntime" in (version / "model.py").read_text()
+    cfg = parse_pbtxt((version.parent / "config.pbtxt").read_text())
+    assert cfg.parameters["RUNTIME"].string_value == "onnxruntime"
     report = json.loads((tmp_path / "export.json").read_text())
     for fmt in ("torchscript", "onnx"):
         entry = report["formats"][fmt]

@@ -128,3 +128,39 @@ def test_vendored_modules_import_without_the_installed_packages(tmp_path, artifa
     )
     subprocess.run([sys.executable, "-S", "-c", code, str(vendor.parent / "artifacts")], check=True,
                    env={"PYTHONPATH": ""}, capture_output=True)
+
+
+def test_single_pipeline_publishes_one_model_and_refuses_mixing(tmp_path, artifacts):
+    from pinrank.export.repository import existing_pipeline
+
+    ts, _ = export_torchscript(BagOfActions(), tmp_path / "ranker.pt", NUM_ITEMS)
+    single = ProfileSettings(cpu_runtime="torchscript", pipeline="single")
+    repo = tmp_path / "single"
+    assert write_repository(repo, "cpu", ts, *artifacts, settings=single).version == 1
+    assert write_repository(repo, "cpu", ts, *artifacts, settings=single).version == 2
+    assert sorted(p.name for p in repo.iterdir()) == [schema.ENSEMBLE_MODEL]
+    v2 = repo / schema.ENSEMBLE_MODEL / "2"
+    for name in ("model.py", "ranker.pt", "artifacts/item_ids.npy", "_vendor/pinrank/serving/ranker_runtime.py"):
+        assert (v2 / name).exists(), name
+    assert existing_pipeline(repo) == "single"
+    with pytest.raises(ValueError, match="holds the single pipeline"):
+        write_repository(repo, "cpu", ts, *artifacts, settings=ProfileSettings(cpu_runtime="torchscript"))
+    assert not (repo / schema.PREPROCESS_MODEL).exists()
+
+
+def test_republish_switches_layout_from_the_shipped_artifacts(tmp_path, artifacts):
+    from pinrank.export.repository import existing_pipeline, republish
+
+    ts, _ = export_torchscript(BagOfActions(), tmp_path / "ranker.pt", NUM_ITEMS)
+    ens = tmp_path / "ens"
+    write_repository(ens, "cpu", ts, *artifacts, manifest={"formats": ["torchscript"]},
+                     settings=ProfileSettings(cpu_runtime="torchscript"))
+    pv = republish(ens, tmp_path / "one", ProfileSettings(cpu_runtime="torchscript", pipeline="single"))
+    assert existing_pipeline(pv.repository) == "single"
+    version = pv.repository / schema.ENSEMBLE_MODEL / "1"
+    assert (version / "ranker.pt").read_bytes() == (ens / schema.RANKER_MODEL / "1" / "ranker.pt").read_bytes()
+    assert np.array_equal(np.load(version / "artifacts" / "item_ids.npy"), artifacts[0].item_ids)
+    back = republish(pv.repository, tmp_path / "ens2", ProfileSettings(cpu_runtime="torchscript"))
+    assert existing_pipeline(back.repository) == "ensemble"
+    with pytest.raises(ValueError, match="no pinrank repository"):
+        republish(tmp_path / "nothing", tmp_path / "x", ProfileSettings())

@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from export_inputs import make_export_inputs  # tests/ is on sys.path via tests/conftest.py
 from pf_data import DAY_MS, START_MS
 from pinrank_client import (
+    AccessDeniedError,
     AsyncRankingClient,
     InvalidRequestError,
     ModelNotReadyError,
@@ -34,6 +35,7 @@ from pinrank_client import (
     RequestTimeoutError,
     RetryEvent,
     ServerUnavailableError,
+    admin_headers,
     cli,
     schema,
 )
@@ -158,7 +160,11 @@ def test_health_readiness_and_metadata(server, flavour, protocol):
     assert meta["name"] == schema.ENSEMBLE_MODEL and meta["platform"] == "ensemble"
     assert [t["name"] for t in meta["inputs"]] == [s.name for s in schema.REQUEST_INPUTS]
     assert using(flavour, url, "check_contract") == []
-    states = {m["name"]: m["state"] for m in using(flavour, url, "list_models")}
+    # The repository index is an admin API: refused without the server's key (not retried), listed with it.
+    with pytest.raises(AccessDeniedError, match="restricted"):
+        using(flavour, url, "list_models", client_kw={"retries": 3})
+    admin = {"headers": admin_headers(server.admin_key)}
+    states = {m["name"]: m["state"] for m in using(flavour, url, "list_models", client_kw=admin)}
     for model in (schema.ENSEMBLE_MODEL, schema.PREPROCESS_MODEL, schema.RANKER_MODEL, schema.POSTPROCESS_MODEL):
         assert states[model] == "READY", states
 
@@ -349,8 +355,12 @@ def test_cli_against_the_server(server, protocol, tmp_path):
                                      "--action", f"7:save:{REQ_TS - 1000}:home", "--request-ts-ms", str(REQ_TS)])
     assert table.exit_code == 0 and table.stdout.splitlines()[-1].startswith(f"3 of 3 candidates ranked by pinrank v1 at {url}")
     assert runner.invoke(cli.main, ["health", "--url", url]).exit_code == 0
-    models = runner.invoke(cli.main, ["models", "--url", url])
+    models = runner.invoke(cli.main, ["models", "--url", url], env={"PINRANK_ADMIN_KEY": server.admin_key})
     assert models.exit_code == 0 and f"contract: pinrank matches schema v{schema.SCHEMA_VERSION}" in models.stdout
+    assert "READY" in models.stdout
+    keyless = runner.invoke(cli.main, ["models", "--url", url], env={"PINRANK_ADMIN_KEY": ""})
+    assert keyless.exit_code == 2 and "access denied" in keyless.stderr
+    assert "contract: pinrank matches" in keyless.stdout  # the interface is checked without the key
     rejected = runner.invoke(cli.main, ["rank", "--url", url, "--user-id", "1", "--no-validate",
                                         "--candidates", ",".join(map(str, range(1, 1002)))])
     assert rejected.exit_code == 2 and "invalid request: too many candidates" in rejected.stderr

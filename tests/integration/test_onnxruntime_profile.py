@@ -1,6 +1,7 @@
 """The cpu profile exported with `--cpu-runtime onnxruntime`, served by the real
-tritonserver: the ranker step runs ranker.onnx in ONNX Runtime inside the
-Python backend, and the ensemble must match the eager pipeline within 1e-4.
+tritonserver in both layouts (`--pipeline ensemble|single`): the ranker runs
+ranker.onnx in ONNX Runtime inside the Python backend, and what is served
+must match the eager pipeline within 1e-4.
 
 Export inputs are untrained (tests/export_inputs.py): parity, not quality,
 is under test, and no training run is needed."""
@@ -25,14 +26,14 @@ pytestmark = [pytest.mark.triton, pytest.mark.slow]
 REQ_TS = START_MS + 50 * DAY_MS  # inside the toy dataset's span
 
 
-@pytest.fixture(scope="module")
-def ort_profile(tmp_path_factory):
+@pytest.fixture(scope="module", params=["ensemble", "single"])
+def ort_profile(tmp_path_factory, request):
     from pinrank.cli import main
 
-    root = tmp_path_factory.mktemp("ort_profile")
+    root = tmp_path_factory.mktemp(f"ort_profile_{request.param}")
     inputs = make_export_inputs(root / "inputs", num_items=300, num_users=60)
     args = ["export", *inputs.cli_args(), "--out", str(root / "repo"), "--target", "cpu",
-            "--cpu-runtime", "onnxruntime", "--results", str(root / "export.json")]
+            "--cpu-runtime", "onnxruntime", "--pipeline", request.param, "--results", str(root / "export.json")]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return root, inputs
@@ -55,15 +56,28 @@ def reference(ort_profile):
     from pinrank.serving.preprocess import Preprocessor
 
     root, inputs = ort_profile
-    return InProcessRanker(Preprocessor.from_dir(root / "repo" / "cpu" / schema.PREPROCESS_MODEL / "1" / "artifacts"),
+    return InProcessRanker(Preprocessor.from_dir(_artifacts_model(root) / "1" / "artifacts"),
                            load_serving_module(inputs.ranker))
 
 
-def test_the_ranker_step_is_onnxruntime(ort_profile):
+def _artifacts_model(root):
+    """Where the vocabulary, snapshot and ranker files live: the step models, or the single model."""
+    single = not (root / "repo" / "cpu" / schema.PREPROCESS_MODEL).exists()
+    return root / "repo" / "cpu" / (schema.ENSEMBLE_MODEL if single else schema.PREPROCESS_MODEL)
+
+
+def test_the_ranker_runs_onnxruntime(ort_profile):
+    from pinrank.export.configs import parse_pbtxt
+
     root, _ = ort_profile
-    version = root / "repo" / "cpu" / schema.RANKER_MODEL / "1"
-    assert "import onnxruntime" in (version / "model.py").read_text()
+    model = _artifacts_model(root)
+    if model.name == schema.PREPROCESS_MODEL:
+        model = model.parent / schema.RANKER_MODEL
+    cfg = parse_pbtxt((model / "config.pbtxt").read_text())
+    assert cfg.backend == "python" and cfg.parameters["RUNTIME"].string_value == "onnxruntime"
+    version = model / "1"
     assert (version / "ranker.onnx").stat().st_size > 0
+    assert "load_ranker" in (version / "model.py").read_text()
     manifest = json.loads((version / "manifest.json").read_text())
     assert manifest["ranker_runtime"] == "onnxruntime" and "onnx" in manifest["formats"]
     assert manifest["parity"]["onnx"]["passed"]
@@ -87,3 +101,17 @@ def test_onnxruntime_ensemble_matches_eager(ort_server, reference, case):
     served = read_outputs(client.infer(schema.ENSEMBLE_MODEL, build_inputs(httpclient, req)))
     expected = reference.rank(req)
     request_cases.assert_same_ranking(served, expected, int(req["top_k"][0]))
+
+
+def test_bad_request_gets_a_clear_error_and_the_server_stays_ready(ort_server, reference):
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    from pinrank_client._triton import build_inputs
+
+    req = _request(np.random.default_rng(1), reference.pre)
+    req["action_types"] = req["action_types"][:-1]  # lengths disagree
+    client = httpclient.InferenceServerClient(ort_server.http_url)
+    with pytest.raises(InferenceServerException, match="action arrays must have equal lengths"):
+        client.infer(schema.ENSEMBLE_MODEL, build_inputs(httpclient, req))
+    assert client.is_server_ready() and client.is_model_ready(schema.ENSEMBLE_MODEL)

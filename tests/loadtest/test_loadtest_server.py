@@ -32,3 +32,27 @@ def test_runner_starts_a_server_and_reports(tmp_path):
     assert report["failures"] == 0 and report["requests"] > 0 and report["users"] == 2
     assert report["slo"]["passed"]
     assert (out / "loadtest.png").exists() and (out / "loadtest" / "u2.html").exists()
+
+
+def test_bench_compares_both_layouts_and_writes_the_headline_keys(tmp_path):
+    from pinrank.cli import main as pinrank
+    from bench import main as bench
+
+    inputs = make_export_inputs(tmp_path / "inputs", num_items=300, num_users=60)
+    exported = CliRunner().invoke(pinrank, ["export", *inputs.cli_args(), "--out", str(tmp_path / "repo"),
+                                            "--target", "cpu", "--results", str(tmp_path / "export.json")])
+    assert exported.exit_code == 0, exported.output
+    out = tmp_path / "results" / "bench.json"
+    result = CliRunner().invoke(bench, [
+        "--repository", str(tmp_path / "repo" / "cpu"), "--ranker", str(inputs.ranker), "--data", str(inputs.data),
+        "--candidates", "50", "--actions", "20", "--requests", "10", "--warmup", "2", "--skip", "fusion",
+        "--configs", "1:1:1", "--single-instances", "1", "--throughput-users", "1", "--throughput-duration", "3",
+        "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    by_layout = report["triton_over_inprocess_p50_by_layout"]
+    assert set(by_layout) == {"ensemble", "single"} and all(v > 0 for v in by_layout.values())
+    assert report["triton_over_inprocess_p50"] == min(by_layout.values())
+    assert 0 < report["preprocess_share"] < 1
+    assert set(report["throughput"]["configs"]) == {"pre1-ranker1-post1", "single1"}
+    assert report["throughput_rps"] > 0

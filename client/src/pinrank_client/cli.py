@@ -14,8 +14,10 @@ from typing import IO, Any, Callable, NoReturn, TypeVar
 import click
 
 from pinrank_client import __version__, schema
+from pinrank_client.admin import ADMIN_KEY_ENV, admin_headers
 from pinrank_client.client import DEFAULT_TIMEOUT_S, DEFAULT_URL, RankingClient
 from pinrank_client.errors import (
+    AccessDeniedError,
     InvalidRequestError,
     ModelNotReadyError,
     PinrankError,
@@ -35,7 +37,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _exit_code(exc: PinrankError) -> int:
-    if isinstance(exc, InvalidRequestError):
+    if isinstance(exc, (InvalidRequestError, AccessDeniedError)):
         return EXIT_INVALID
     if isinstance(exc, (ServerUnavailableError, ModelNotReadyError)):
         return EXIT_UNAVAILABLE
@@ -47,6 +49,7 @@ def _exit_code(exc: PinrankError) -> int:
 _KIND = {
     InvalidRequestError: "invalid request",
     ModelNotReadyError: "model not ready",
+    AccessDeniedError: "access denied",
     ServerError: "server error",
 }
 
@@ -134,11 +137,19 @@ def _server_options(f: F) -> F:
 
 
 def _client(
-    url: str, protocol: str | None, timeout_s: float, retries: int, model_name: str, validate: bool = True
+    url: str,
+    protocol: str | None,
+    timeout_s: float,
+    retries: int,
+    model_name: str,
+    validate: bool = True,
+    admin_key: str | None = None,
 ) -> RankingClient:
+    headers = admin_headers(admin_key) if admin_key else None
     try:
         return RankingClient(
-            url, protocol, timeout_s=timeout_s, retries=retries, model_name=model_name, validate=validate
+            url, protocol, timeout_s=timeout_s, retries=retries, model_name=model_name, validate=validate,
+            headers=headers,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--url'") from None
@@ -167,7 +178,8 @@ def main() -> None:
     Exit codes:
       0  success
       1  the server failed (or its interface differs from the schema)
-      2  invalid input (bad flags, bad request file, request rejected)
+      2  invalid input (bad flags, bad request file, request rejected,
+         admin API called without the server's admin key)
       3  server unreachable, or the model is not loaded
       4  timed out
     """
@@ -303,6 +315,8 @@ def rank(
     if request_ts_ms is not None:
         data["request_ts_ms"] = request_ts_ms
     if "user_id" not in data or "candidate_ids" not in data:
+        if request_file is not None:
+            RankRequest.from_dict(data, validate=False)  # names a misspelt or missing field of the file
         raise InvalidRequestError("give --user-id and --candidates (or a --request-file holding them)")
     request = RankRequest.from_dict(data, validate=not no_validate)
     with _client(url, protocol, timeout_s, retries, model_name, validate=not no_validate) as client:
@@ -361,12 +375,32 @@ def health(url: str, protocol: str | None, timeout_s: float, retries: int, model
 
 @main.command()
 @_server_options
+@click.option(
+    "--admin-key",
+    envvar=ADMIN_KEY_ENV,
+    metavar="KEY",
+    help=f"The server's admin key: its model listing is restricted (`pinrank serve` prints where the key is). "
+    f"Prefer the env var {ADMIN_KEY_ENV}: a flag shows up in the process list.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON.")
-def models(url: str, protocol: str | None, timeout_s: float, retries: int, model_name: str, as_json: bool) -> int:
+def models(
+    url: str,
+    protocol: str | None,
+    timeout_s: float,
+    retries: int,
+    model_name: str,
+    admin_key: str | None,
+    as_json: bool,
+) -> int:
     """List the server's models and check the ranking model's interface
-    against this SDK's schema (exit 1 if they differ, 3 if it is not loaded)."""
-    with _client(url, protocol, timeout_s, retries, model_name) as client:
-        index = client.list_models()
+    against this SDK's schema (exit 1 if they differ, 3 if it is not loaded,
+    2 if the listing needs the admin key; the interface is checked anyway)."""
+    denied: str | None = None
+    with _client(url, protocol, timeout_s, retries, model_name, admin_key=admin_key) as client:
+        try:
+            index: list[dict[str, str]] | None = client.list_models()
+        except AccessDeniedError as exc:
+            index, denied = None, str(exc)
         metadata: dict[str, Any] | None = None
         not_ready: str | None = None
         try:
@@ -376,12 +410,13 @@ def models(url: str, protocol: str | None, timeout_s: float, retries: int, model
     problems = [] if metadata is None else _contract(metadata)
     if as_json:
         _echo_json({"models": index, "model": metadata, "contract_problems": problems, "model_error": not_ready})
-    else:
+    elif index is not None:
         width = max([len(m["name"]) for m in index] + [5])
         click.echo(f"{'model':<{width}}  {'version':>7}  {'state':<12}  reason")
         for m in index:
             reason = m["reason"].strip().splitlines()[0] if m["reason"].strip() else ""
             click.echo(f"{m['name']:<{width}}  {m['version']:>7}  {m['state']:<12}  {reason}")
+    if not as_json:
         if metadata is not None and not problems:
             click.echo(
                 f"contract: {model_name} matches schema v{schema.SCHEMA_VERSION} "
@@ -394,6 +429,12 @@ def models(url: str, protocol: str | None, timeout_s: float, retries: int, model
     if problems:
         _fail(
             f"{model_name} differs from schema v{schema.SCHEMA_VERSION} ({len(problems)} problem(s))", EXIT_SERVER_ERROR
+        )
+    if denied is not None:
+        _fail(
+            f"access denied: {denied}; the model listing needs the server's admin key "
+            f"(set {ADMIN_KEY_ENV} or pass --admin-key)",
+            EXIT_INVALID,
         )
     return EXIT_OK
 

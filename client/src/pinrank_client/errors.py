@@ -8,6 +8,7 @@ or whether it was refused by the SDK or by the server, to handle it:
     ├── ServerUnavailableError (retried with backoff)
     ├── RequestTimeoutError
     ├── ModelNotReadyError
+    ├── AccessDeniedError      (a restricted API called without the admin key)
     └── ServerError            (the server failed; a bug or a broken model)
 """
 
@@ -26,6 +27,7 @@ __all__ = [
     "ServerUnavailableError",
     "RequestTimeoutError",
     "ModelNotReadyError",
+    "AccessDeniedError",
     "ServerError",
     "map_exception",
 ]
@@ -56,6 +58,11 @@ class ModelNotReadyError(PinrankError):
     """The server answers, but the model is unknown, still loading, or failed to load."""
 
 
+class AccessDeniedError(PinrankError):
+    """The server restricts this API (model control, repository index) to
+    callers with its admin key: pass `headers=pinrank_client.admin_headers(key)`."""
+
+
 class ServerError(PinrankError):
     """The server failed while handling a valid request, or answered nonsense."""
 
@@ -67,6 +74,9 @@ _ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
 _INVALID_PREFIX = "invalid request: "
 # Triton says these (gRPC NOT_FOUND / HTTP 404, or 400 from some endpoints)
 # for a model that is missing or not (yet) loaded.
+# Triton's answer to a restricted API without its header: HTTP 403, but gRPC
+# says UNAVAILABLE, which must not be retried or mark the server down.
+_RESTRICTED = re.compile(r"(API|protocol) is restricted, expecting header", re.IGNORECASE)
 _NOT_READY = re.compile(r"unknown model|has no available versions|is not ready|not loaded", re.IGNORECASE)
 
 _GRPC_STATUS: dict[str, type[PinrankError]] = {
@@ -79,6 +89,7 @@ _GRPC_STATUS: dict[str, type[PinrankError]] = {
 }
 _HTTP_STATUS: dict[str, type[PinrankError]] = {
     "400": InvalidRequestError,
+    "403": AccessDeniedError,
     "404": ModelNotReadyError,
     "408": RequestTimeoutError,
     "429": ServerUnavailableError,
@@ -97,6 +108,8 @@ def _tidy(message: str) -> str:
 
 def _from_status(status: str | None, message: str) -> PinrankError:
     tidy = _tidy(message)
+    if _RESTRICTED.search(message):
+        return AccessDeniedError(tidy, status=status, raw_message=message)
     if _NOT_READY.search(message):
         return ModelNotReadyError(tidy, status=status, raw_message=message)
     code = (status or "").removeprefix("StatusCode.")

@@ -16,7 +16,10 @@ class InvalidRequestError(ValueError):
 
 
 def _as_int64_vector(name: str, value: object) -> np.ndarray:
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:  # ragged nested lists and the like
+        raise InvalidRequestError(f"{name} must be a 1-D array of integers ({exc})") from None
     if arr.dtype.kind not in "iu":
         if arr.size == 0:
             return np.zeros((0,), dtype=np.int64)
@@ -48,6 +51,11 @@ def validate_request(arrays: Mapping[str, object]) -> dict[str, np.ndarray]:
     for name in ("user_id", "request_ts_ms", "top_k"):
         if name in out and out[name].shape != (1,):
             raise InvalidRequestError(f"{name} must have exactly one element, got {out[name].shape[0]}")
+
+    # Ids are unsigned in every source we import; a negative one is a client
+    # bug (or a -1 "none" sentinel) that would otherwise pass as a cold start.
+    if out["user_id"][0] < 0:
+        raise InvalidRequestError(f"user_id must be non-negative, got {int(out['user_id'][0])}")
 
     n = out["candidate_ids"].shape[0]
     if n == 0:
