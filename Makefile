@@ -15,8 +15,9 @@ ML_DATA := $(A)/data/ml
 PYTEST_ARGS ?=
 LOADTEST_ARGS ?=
 BENCH_ARGS ?=
+RELIABILITY_ARGS ?=
 
-.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer eval-pinnerformer-ml eval-ranker eval-ranker-ml loadtest bench test test-fast clean
+.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer eval-pinnerformer-ml eval-ranker eval-ranker-ml loadtest bench reliability test test-fast clean
 .DEFAULT_GOAL := help
 
 help: ## List the targets
@@ -86,6 +87,9 @@ loadtest: export ## Locust sweep (1,2,4,8 users) + 2-min run at the best one on 
 
 bench: export ## In-process vs Triton latency, time per step, early vs fused, instance counts -> results/bench.json (BENCH_ARGS=...)
 	$(PY) loadtest/bench.py --repository $(REPO)/cpu --ranker $(RANKER_CKPT) --data $(DATA) --out results/bench.json $(BENCH_ARGS)
+
+reliability: setup ## Bad inputs, model swap/rollback, stub kill, soak, server restart under load -> results/reliability.json (RELIABILITY_ARGS=...)
+	$(PY) -m pinrank.reliability.run --out results/reliability.json $(RELIABILITY_ARGS)
 
 test: setup ## Unit + real-Triton integration tests
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -74,10 +74,29 @@ def serve(repository: Path, http_port: int, grpc_port: int, metrics_port: int, l
     if not is_loopback(host):
         click.echo(f"warning: listening on {host}, beyond this machine: inference is unauthenticated and "
                    "unencrypted; put TLS and auth in front (docs/security.md)", err=True)
-    while not stop.wait(1.0):
-        if not server.is_running():
-            click.echo(f"tritonserver exited unexpectedly; last log lines:\n{server.log_tail()}", err=True)
-            sys.exit(1)
+    with _stub_watchdog(server):
+        while not stop.wait(1.0):
+            if not server.is_running():
+                click.echo(f"tritonserver exited unexpectedly; last log lines:\n{server.log_tail()}", err=True)
+                sys.exit(1)
     click.echo("stopping tritonserver ...")
     code = server.stop()
     click.echo(f"stopped (exit code {code})")
+
+
+def _stub_watchdog(server: TritonServer) -> "contextlib.AbstractContextManager[object]":
+    """Under explicit model control, reload a model whose Python-backend stub
+    died (Triton 2.51 does not restart it, and the model stays 'ready')."""
+    import contextlib
+    import logging
+
+    from pinrank.export.repository import existing_pipeline, published_models
+    from pinrank.serving.model_control import StubWatchdog
+
+    pipeline = existing_pipeline(Path(server.model_repository))
+    if server.model_control != "explicit" or pipeline is None:
+        return contextlib.nullcontext()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    click.echo("stub watchdog on: a model whose stub process dies is reloaded at its serving version")
+    return StubWatchdog(server.http_url, server.process.pid, Path(server.model_repository),
+                        published_models(pipeline), server.admin_headers)
