@@ -117,12 +117,12 @@ def swap_and_rollback(server: Any, repo: Path, fixtures: Fixtures, work: Path, p
         v2 = faults.version_reference(_version_dirs(repo, 2), runtime)
         expected["v2"] = [v2(p) for p in probes]  # the classifier reads this dict: v2 answers count from now
         t_swap0 = time.monotonic()
-        swap_s = model_control.switch_version(admin, repo, models, 2, server.admin_headers)
+        swap_s = model_control.switch_version(admin, repo, 2, server.admin_headers)
         t_swap1 = time.monotonic()
         after_swap = model_control.loaded_versions(admin, models, server.admin_headers)
         time.sleep(phase_s)
         t_rb0 = time.monotonic()
-        rollback_s = model_control.switch_version(admin, repo, models, 1, server.admin_headers)
+        rollback_s = model_control.switch_version(admin, repo, 1, server.admin_headers)
         t_rb1 = time.monotonic()
         after_rollback = model_control.loaded_versions(admin, models, server.admin_headers)
         time.sleep(phase_s)
@@ -142,6 +142,7 @@ def swap_and_rollback(server: Any, repo: Path, fixtures: Fixtures, work: Path, p
                     "during_rollback": during_rb, "after_rollback": on_v1},
         "swap_failed_requests": faults.failures(before) + faults.failures(during_swap) + faults.failures(on_v2),
         "rollback_failed_requests": faults.failures(during_rb) + faults.failures(on_v1),
+        "mixed_version_answers": sum(c.get("other", 0) for c in (before, during_swap, on_v2, during_rb, on_v1)),
         "before_swap_all_v1": set(before) == {"v1"},
         "after_swap_all_v2": set(on_v2) == {"v2"},
         "after_rollback_all_v1": set(on_v1) == {"v1"},
@@ -298,6 +299,8 @@ def verdict(report: dict[str, Any]) -> list[str]:
         if report[key]:
             problems.append(f"{key} = {report[key]}")
     swap = report["swap"]
+    if swap["mixed_version_answers"]:
+        problems.append(f"{swap['mixed_version_answers']} answers matched neither version: {swap['answers']}")
     for key in ("before_swap_all_v1", "after_swap_all_v2", "after_rollback_all_v1"):
         if not swap[key]:
             problems.append(f"{key} is false: {swap['answers']}")

@@ -17,15 +17,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 log = logging.getLogger(__name__)
 
 
-def pinned_config_json(repo: Path, model: str, version: int, reload_nonce: str | None = None) -> str:
-    """The model's on-disk config with its version policy pinned to `version`,
-    as the JSON Triton's load API takes: loading it switches that model to
-    exactly this version (and unloads the others) without touching disk.
+def pinned_config_json(repo: Path, model: str, version: int | Sequence[int], reload_nonce: str | None = None) -> str:
+    """The model's on-disk config with its version policy pinned to
+    `version` (one or several), as the JSON Triton's load API takes: loading it
+    serves exactly these versions (and unloads the others) without touching disk.
     Triton skips a load whose config is unchanged; a `reload_nonce`
     parameter (ignored by the model) forces fresh instances."""
     from google.protobuf import json_format
@@ -33,18 +33,85 @@ def pinned_config_json(repo: Path, model: str, version: int, reload_nonce: str |
     from pinrank.export.configs import parse_pbtxt
 
     cfg = parse_pbtxt((repo / model / "config.pbtxt").read_text())
-    cfg.version_policy.specific.versions[:] = [version]
+    cfg.version_policy.specific.versions[:] = [version] if isinstance(version, int) else list(version)
     if reload_nonce is not None:
         cfg.parameters["PINRANK_RELOAD_NONCE"].string_value = reload_nonce
     return json_format.MessageToJson(cfg, preserving_proto_field_name=True)
 
 
-def switch_version(client: Any, repo: Path, models: tuple[str, ...], version: int, headers: dict) -> float:
-    """Load each of `models` pinned to `version`; seconds taken. The ensemble's
-    steps use model_version -1, i.e. whichever version is loaded."""
+def _write_config(repo: Path, model: str, edit: Any) -> None:
+    """Rewrite <repo>/<model>/config.pbtxt through `edit(cfg)` (atomic rename)."""
+    import os
+
+    from pinrank.export.configs import parse_pbtxt, to_pbtxt
+
+    path = Path(repo) / model / "config.pbtxt"
+    cfg = parse_pbtxt(path.read_text())
+    edit(cfg)
+    tmp = path.with_name(f".{path.name}.switch")
+    tmp.write_text(to_pbtxt(cfg))
+    os.replace(tmp, path)
+
+
+def _pin_steps(repo: Path, versions: list[int]) -> None:
+    from pinrank.export.repository import STEP_MODELS
+
+    def edit(cfg: Any) -> None:
+        cfg.version_policy.specific.versions[:] = versions
+
+    for model in STEP_MODELS:
+        _write_config(repo, model, edit)
+
+
+def _route_to(repo: Path, version: int) -> None:
+    from pinrank import schema
+
+    def edit(cfg: Any) -> None:
+        for step in cfg.ensemble_scheduling.step:
+            step.model_version = version
+
+    _write_config(repo, schema.ENSEMBLE_MODEL, edit)
+
+
+def switch_version(client: Any, repo: Path, version: int, headers: dict) -> float:
+    """Switch the request path to `version` atomically; seconds taken.
+
+    Single-model layout: one load pinned to `version`. Ensemble: Triton
+    reloads an ensemble's composing models from disk whenever the ensemble is
+    loaded, so the switch is written to the configs on disk and applied by
+    loading the ensemble: (0) routing pinned to the serving version; (1) both
+    versions of every step loaded; (2) routing moved to the new version, all
+    steps at once; (3) the old step versions unloaded. Loading the steps one by one
+    under a "latest" ensemble would instead route some requests through a new
+    preprocess and an old ranker while the switch runs.
+    """
+    from pinrank import schema
+    from pinrank.export.repository import STEP_MODELS, existing_pipeline
+
+    repo = Path(repo)
     t0 = time.monotonic()
-    for model in models:
-        client.load_model(model, headers=headers, config=pinned_config_json(repo, model, version))
+    if existing_pipeline(repo) == "single":
+        client.load_model(schema.ENSEMBLE_MODEL, headers=headers,
+                          config=pinned_config_json(repo, schema.ENSEMBLE_MODEL, version))
+        return time.monotonic() - t0
+    serving = loaded_versions(client, STEP_MODELS, headers)
+    current = {int(v) for versions in serving.values() for v in versions}
+    if len(current) != 1:
+        raise RuntimeError(f"the ensemble's steps serve different versions {serving}: switch them explicitly")
+    (old,) = current
+    if old == version:
+        return 0.0
+    # The live ensemble must route to `old` explicitly before any step holds
+    # two versions: under model_version -1 it would pick each step's newest.
+    _pin_steps(repo, [old])
+    _route_to(repo, old)
+    client.load_model(schema.ENSEMBLE_MODEL, headers=headers)
+    _pin_steps(repo, sorted({old, version}))
+    client.load_model(schema.ENSEMBLE_MODEL, headers=headers)
+    _route_to(repo, version)
+    client.load_model(schema.ENSEMBLE_MODEL, headers=headers)
+    _pin_steps(repo, [version])
+    client.load_model(schema.ENSEMBLE_MODEL, headers=headers)
     return time.monotonic() - t0
 
 

@@ -25,6 +25,9 @@ from pinrank.train.ranker import weighted_bce
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
+PORT_RACE_MARKERS = ("Address already in use", "EADDRINUSE", "DistNetworkError", "RendezvousConnectionError")
+
+
 def torchrun(args: list[str], timeout: float = 240) -> str:
     """`torchrun --standalone --nproc_per_node=2 ARGS` (free port, 1 thread per rank); its output."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -32,6 +35,11 @@ def torchrun(args: list[str], timeout: float = 240) -> str:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     output = proc.stdout + proc.stderr
+    # torchrun picks a free port and binds it later; another process can take
+    # it in between (seen once in a full-suite run). Only that is retried.
+    if proc.returncode != 0 and any(m in output for m in PORT_RACE_MARKERS):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{output[-6000:]}"
     return proc.stdout
 
