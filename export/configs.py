@@ -65,6 +65,8 @@ class ProfileSettings:
             raise ValueError(f"unknown gpu_backend {self.gpu_backend!r}; expected one of {GPU_BACKENDS}")
         if self.pipeline not in PIPELINES:
             raise ValueError(f"unknown pipeline {self.pipeline!r}; expected one of {PIPELINES}")
+        if self.warmup_count > 0 and not 1 <= self.warmup_candidates <= schema.MAX_CANDIDATES:
+            raise ValueError(f"warmup_candidates must be in 1..{schema.MAX_CANDIDATES}, got {self.warmup_candidates}")
 
     @property
     def single_instances(self) -> int:
@@ -133,8 +135,6 @@ def ranker_warmup(settings: ProfileSettings) -> list[mc.ModelWarmup]:
     if settings.warmup_count <= 0:
         return []
     n = settings.warmup_candidates
-    if not 1 <= n <= schema.MAX_CANDIDATES:
-        raise ValueError(f"warmup_candidates must be in 1..{schema.MAX_CANDIDATES}, got {n}")
     warm = mc.ModelWarmup(name=f"zeros_n{n}", batch_size=1, count=settings.warmup_count)
     for s in schema.RANKER_INPUTS:
         warm.inputs[s.name].CopyFrom(mc.ModelWarmup.Input(
@@ -202,8 +202,6 @@ def single_config(settings: ProfileSettings) -> mc.ModelConfig:
     """The whole request path as one Python model under the ensemble's name.
     Warmup runs in initialize() (WARMUP_* parameters): Triton's ModelWarmup
     would need a plausible request, and zeros are not one (timestamps)."""
-    if settings.warmup_count > 0 and not 1 <= settings.warmup_candidates <= schema.MAX_CANDIDATES:
-        raise ValueError(f"warmup_candidates must be in 1..{schema.MAX_CANDIDATES}, got {settings.warmup_candidates}")
     return _python_model(
         schema.ENSEMBLE_MODEL, schema.REQUEST_INPUTS, schema.RESPONSE_OUTPUTS, settings.single_instances,
         {RUNTIME_PARAMETER: settings.cpu_runtime, "WARMUP_CANDIDATES": str(settings.warmup_candidates),

@@ -219,19 +219,29 @@ def latest_version_dir(repo: Path, model: str) -> Path:
     return max(versions, key=lambda p: int(p.name))
 
 
+def artifact_dirs(repo: Path, version: int | None = None) -> dict[str, Path]:
+    """Where `version` (default: the latest) of a cpu repository keeps its
+    preprocess artifacts ("artifacts": vocabulary, snapshot) and its ranker
+    files ("ranker"), in either layout."""
+    pipeline = existing_pipeline(repo)
+    if pipeline is None:
+        raise ValueError(f"{repo} holds no pinrank repository (no {schema.ENSEMBLE_MODEL}/config.pbtxt)")
+
+    def version_dir(model: str) -> Path:
+        return repo / model / str(version) if version is not None else latest_version_dir(repo, model)
+
+    if pipeline == "single":
+        return {"artifacts": version_dir(schema.ENSEMBLE_MODEL), "ranker": version_dir(schema.ENSEMBLE_MODEL)}
+    return {"artifacts": version_dir(schema.PREPROCESS_MODEL), "ranker": version_dir(schema.RANKER_MODEL)}
+
+
 def republish(src: str | Path, dst: str | Path, settings: ProfileSettings) -> PublishedVersion:
     """Publish the latest cpu-profile version of `src` into `dst` with other
     settings (another pipeline layout, instance counts), from its shipped
     artifacts: no re-export, the same parity-gated ranker files."""
     src = Path(src)
-    pipeline = existing_pipeline(src)
-    if pipeline is None:
-        raise ValueError(f"{src} holds no pinrank repository (no {schema.ENSEMBLE_MODEL}/config.pbtxt)")
-    if pipeline == "single":
-        artifacts_dir = ranker_dir = latest_version_dir(src, schema.ENSEMBLE_MODEL)
-    else:
-        artifacts_dir = latest_version_dir(src, schema.PREPROCESS_MODEL)
-        ranker_dir = latest_version_dir(src, schema.RANKER_MODEL)
+    dirs = artifact_dirs(src)
+    artifacts_dir, ranker_dir = dirs["artifacts"], dirs["ranker"]
     manifest = json.loads((ranker_dir / "manifest.json").read_text())
     if manifest.get("profile") != "cpu":
         raise ValueError(f"{src} is a {manifest.get('profile')} profile repository; only cpu ones can be republished")

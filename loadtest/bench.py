@@ -136,14 +136,13 @@ def both_layouts(repository: Path, work: Path, single_instances: int) -> dict[st
     """{pipeline: repository}: `repository` itself, and the other layout
     republished from its artifacts (same ranker files, vocabulary, snapshot)."""
     from pinrank.export.configs import ProfileSettings
-    from pinrank.export.repository import existing_pipeline, republish
+    from pinrank.export.repository import artifact_dirs, existing_pipeline, republish
 
     present = existing_pipeline(repository)
     if present is None:
         raise click.ClickException(f"{repository} holds no pinrank repository (run `make export`)")
     other = "single" if present == "ensemble" else "ensemble"
-    model = schema.ENSEMBLE_MODEL if present == "single" else schema.RANKER_MODEL
-    runtime = json.loads((latest_version_dir(repository, model) / "manifest.json").read_text())["ranker_runtime"]
+    runtime = json.loads((artifact_dirs(repository)["ranker"] / "manifest.json").read_text())["ranker_runtime"]
     dst = work / f"repository-{other}"
     shutil.rmtree(dst, ignore_errors=True)
     republish(repository, dst, ProfileSettings(pipeline=other, cpu_runtime=runtime, ranker_instances=single_instances))
@@ -290,9 +289,9 @@ def bench_throughput(repos: dict[str, Path], data: Path, configs: list[tuple[int
               help="Timed calls of the early-fusion ranker per N (each costs ~50x a fused one).")
 @click.option("--configs", default="1:1:1,1:2:1,2:2:1", show_default=True, callback=parse_instances,
               help="Instance counts PRE:RANKER:POST to compare for throughput (comma-separated).")
-@click.option("--single-instances", default="2,3", show_default=True,
+@click.option("--single-instances", "single_counts", default="2,3", show_default=True, callback=parse_users,
               help="Instance counts of the single-model pipeline to compare for throughput (comma-separated; "
-                   "the first one also serves the latency comparison).")
+                   "the smallest also serves the latency comparison).")
 @click.option("--throughput-users", default="2,4", show_default=True, callback=parse_users,
               help="Closed-loop concurrency levels per configuration (comma-separated).")
 @click.option("--throughput-duration", type=click.FloatRange(min=1), default=15, show_default=True,
@@ -303,7 +302,7 @@ def bench_throughput(repos: dict[str, Path], data: Path, configs: list[tuple[int
               show_default=True)
 def main(repository: Path, ranker: Path, data: Path, candidates: int, actions: int, num_requests: int, warmup: int,
          fusion_counts: tuple[int, ...], fusion_repeats: int, early_repeats: int,
-         configs: list[tuple[int, int, int]], single_instances: str, throughput_users: list[int],
+         configs: list[tuple[int, int, int]], single_counts: list[int], throughput_users: list[int],
          throughput_duration: float,
          skip: tuple[str, ...], out: Path) -> None:
     """Run the benchmarks (a)-(d) and write OUT (JSON)."""
@@ -313,13 +312,6 @@ def main(repository: Path, ranker: Path, data: Path, candidates: int, actions: i
         "repository": str(repository), "ranker": str(ranker),
     }
     t0 = time.monotonic()
-    try:
-        single_counts = [int(v) for v in single_instances.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {single_instances!r}",
-                                 param_hint="--single-instances") from None
-    if not single_counts or min(single_counts) < 1:
-        raise click.BadParameter("need at least one count, each >= 1", param_hint="--single-instances")
     work = out.parent / "bench"
     work.mkdir(parents=True, exist_ok=True)
     repos = both_layouts(repository, work, single_counts[0])

@@ -78,16 +78,6 @@ def next_day_inputs(fixtures: Fixtures, root: Path) -> tuple[Path, Path]:
     return root / "ranker.pt", root / "snapshot"
 
 
-def _version_dirs(repo: Path, version: int) -> dict[str, Path]:
-    from pinrank.export.repository import existing_pipeline
-
-    if existing_pipeline(repo) == "single":
-        d = repo / schema.ENSEMBLE_MODEL / str(version)
-        return {"artifacts": d, "ranker": d}
-    return {"artifacts": repo / schema.PREPROCESS_MODEL / str(version),
-            "ranker": repo / schema.RANKER_MODEL / str(version)}
-
-
 def _export(args: list[Any]) -> None:
     cmd = [sys.executable, "-m", "pinrank.cli", "export", *[str(a) for a in args]]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -100,11 +90,11 @@ def swap_and_rollback(server: Any, repo: Path, fixtures: Fixtures, work: Path, p
     """Publish v2 under load, switch to it, switch back to v1; count and classify every answer."""
     import tritonclient.http as httpclient
 
-    from pinrank.export.repository import existing_pipeline, published_models
+    from pinrank.export.repository import artifact_dirs, existing_pipeline, published_models
 
     models = published_models(existing_pipeline(repo) or "ensemble")
-    runtime = json.loads((_version_dirs(repo, 1)["ranker"] / "manifest.json").read_text())["ranker_runtime"]
-    v1 = faults.version_reference(_version_dirs(repo, 1), runtime)
+    runtime = json.loads((artifact_dirs(repo, 1)["ranker"] / "manifest.json").read_text())["ranker_runtime"]
+    v1 = faults.version_reference(artifact_dirs(repo, 1), runtime)
     expected: dict[str, list[dict]] = {"v1": [v1(p) for p in probes]}
     admin = httpclient.InferenceServerClient(server.http_url)
     ranker2, snapshot2 = next_day_inputs(fixtures, work / "next_day")
@@ -114,7 +104,7 @@ def swap_and_rollback(server: Any, repo: Path, fixtures: Fixtures, work: Path, p
         t_publish = time.monotonic()
         _export(["--ranker", ranker2, "--snapshot", snapshot2, "--data", fixtures.dataset, "--out", repo.parent,
                  "--target", repo.name, "--results", work / "export_v2.json"])
-        v2 = faults.version_reference(_version_dirs(repo, 2), runtime)
+        v2 = faults.version_reference(artifact_dirs(repo, 2), runtime)
         expected["v2"] = [v2(p) for p in probes]  # the classifier reads this dict: v2 answers count from now
         t_swap0 = time.monotonic()
         swap_s = model_control.switch_version(admin, repo, 2, server.admin_headers)

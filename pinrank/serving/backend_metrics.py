@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from pinrank import schema
+from pinrank_client.validation import InvalidRequestError
+
 REQUEST_COUNTERS = (
     ("pinrank_unknown_users_total", "Requests whose user had no snapshot embedding (cold start)"),
     ("pinrank_unknown_items_total", "Candidate ids missing from the item vocabulary (OOV embedding)"),
@@ -41,9 +44,6 @@ class RequestCounters:
 
 def preprocess_request(pb_utils: Any, pre: Any, counters: RequestCounters, request: Any) -> tuple[Any, Any]:
     """(PreprocessResult, None), or (None, an INVALID_ARG error response naming the problem)."""
-    from pinrank import schema
-    from pinrank_client.validation import InvalidRequestError
-
     raw = {}
     for s in schema.REQUEST_INPUTS:
         t = pb_utils.get_input_tensor_by_name(request, s.name)
