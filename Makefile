@@ -17,11 +17,11 @@ LOADTEST_ARGS ?=
 BENCH_ARGS ?=
 RELIABILITY_ARGS ?=
 
-.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer eval-pinnerformer-ml eval-ranker eval-ranker-ml loadtest bench reliability test test-fast clean
+.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer eval-pinnerformer-ml eval-ranker eval-ranker-ml eval-ranker-real eval-real eval-item-features eval-loo-ml100k loadtest bench reliability test test-fast clean
 .DEFAULT_GOAL := help
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
 setup: $(VENV)/.installed ## Create .venv and install pinrank + pinrank-client (+ test deps)
 
@@ -34,9 +34,9 @@ data: $(DATA)/meta.json ## Generate the quick synthetic action log
 $(DATA)/meta.json: | setup
 	$(PINRANK) data synth --out $(DATA)
 
-train-pinnerformer: $(PF_CKPT) ## Train PinnerFormer (quick config)
+train-pinnerformer: $(PF_CKPT) ## Train PinnerFormer (quick config) on the first half of the training period (the ranker trains on the rest)
 $(PF_CKPT): $(DATA)/meta.json
-	$(PINRANK) train pinnerformer --data $(DATA) --out $@ --curve results/pinnerformer_curve.png
+	$(PINRANK) train pinnerformer --data $(DATA) --out $@ --train-cut 0.5 --curve results/pinnerformer_curve.png
 
 embed: $(SNAPSHOT)/meta.json ## Daily batch job: user-embedding snapshot as of the train/eval split
 $(SNAPSHOT)/meta.json: $(PF_CKPT)
@@ -67,7 +67,7 @@ eval-pinnerformer-ml: $(ML_DATA)/meta.json ## The same on MovieLens (ML_SRC=...;
 		--variants dense_all_action-mixed --variants all_action-mixed --variants next_action-mixed \
 		--variants dense_all_action-random
 
-eval-ranker: $(PF_CKPT) ## Ranker ablations (early/fused/no-realtime/no-PinnerFormer/avg-pool) + cost -> results/ranker.json
+eval-ranker: $(PF_CKPT) ## Ranker ablations (early/fused/no-realtime/no-PinnerFormer/none/avg-pool) + cost -> results/ranker.json
 	$(PY) -m pinrank.train.ranker_ablation --data $(DATA) --pinnerformer $(PF_CKPT) --out results/ranker.json
 
 ML_PF_CKPT := $(A)/checkpoints/pinnerformer_ml.pt
@@ -75,12 +75,39 @@ $(ML_DATA)/meta.json: | setup
 	@test -f $(ML_SRC)/ratings.csv || { echo "no MovieLens at $(ML_SRC) (set ML_SRC=path/to/ml-latest-small)"; exit 2; }
 	$(PINRANK) data import --format movielens --src $(ML_SRC) --out $(ML_DATA)
 $(ML_PF_CKPT): $(ML_DATA)/meta.json
-	$(PINRANK) train pinnerformer --data $(ML_DATA) --out $@ --steps 500 --no-eval
+	$(PINRANK) train pinnerformer --data $(ML_DATA) --out $@ --steps 500 --train-cut 0.5 --no-eval
 
 eval-ranker-ml: $(ML_PF_CKPT) ## The ranker ablations on MovieLens (rating + 4 sampled negatives per request; fused-layout variants, 400 steps) -> results/ranker_ml.json
 	$(PY) -m pinrank.train.ranker_ablation --data $(ML_DATA) --pinnerformer $(ML_PF_CKPT) --out results/ranker_ml.json \
 		--work $(A)/ranker_ablation_ml --steps 400 --variants full_fused --variants no_realtime \
 		--variants no_pinnerformer --variants avgpool_realtime
+
+ML100K_SRC ?= ../shared/data/ml-100k
+ML100K_DATA := $(A)/data/ml100k
+ML100K_PF_CKPT := $(A)/checkpoints/pinnerformer_ml100k.pt
+$(ML100K_DATA)/meta.json: | setup
+	@test -f $(ML100K_SRC)/u.data || { echo "no ML-100K at $(ML100K_SRC) (set ML100K_SRC=path/to/ml-100k)"; exit 2; }
+	$(PINRANK) data import --format movielens --src $(ML100K_SRC) --out $(ML100K_DATA)
+$(ML100K_PF_CKPT): $(ML100K_DATA)/meta.json
+	$(PINRANK) train pinnerformer --data $(ML100K_DATA) --out $@ --steps 200 --train-cut 0.5 --no-eval --threads 1
+
+eval-ranker-real: $(ML100K_PF_CKPT) ## Ranker ablations on ML-100K (ratings -> save/click/hide; PinnerFormer on the first half of the training period, rankers on the rest; early vs fused, no-realtime, no-PinnerFormer, none; about 10 min) -> results/ranker_real.json
+	$(PY) -m pinrank.train.ranker_ablation --data $(ML100K_DATA) --pinnerformer $(ML100K_PF_CKPT) \
+		--out results/ranker_real.json --work $(A)/ranker_ablation_real --steps 300 --threads 1 --variants full_fused \
+		--variants full_early --variants no_realtime --variants no_pinnerformer --variants none
+
+REAL_ARGS ?=
+eval-real: setup ## Both protocols (leave-one-out, temporal window) on ../shared/data ml-100k + ml-latest-small, every objective + baselines -> results/real.{json,md,png} (about 20 min; REAL_ARGS=...)
+	$(PY) -m pinrank.eval.real --out results/real.json --threads 1 $(REAL_ARGS)
+
+eval-item-features: setup ## Item features ablation (content + ids, content only, ids only) on both protocols -> results/item_features.{json,md,png} (about 20 min; REAL_ARGS=...)
+	$(PY) -m pinrank.eval.real --item-features --minutes 1.5 --out results/item_features.json --threads 1 $(REAL_ARGS)
+
+ML100K_LOO_MINUTES ?= 10
+eval-loo-ml100k: setup ## The next_item recipe vs SASRec and popularity on ML-100K leave-one-out, 10 min per model -> results/loo_ml100k.json
+	@test -f ../shared/data/ml-100k/u.data || { echo "no ML-100K at ../shared/data/ml-100k"; exit 2; }
+	test -f $(A)/data/real/ml-100k/meta.json || $(PINRANK) data import --format movielens --src ../shared/data/ml-100k --out $(A)/data/real/ml-100k
+	$(PINRANK) eval loo --data $(A)/data/real/ml-100k --out results/loo_ml100k.json --minutes $(ML100K_LOO_MINUTES) --threads 1
 
 loadtest: export ## Locust sweep (1,2,4,8 users) + 2-min run at the best one on a started server -> results/loadtest.{json,png}, results/loadtest/ (LOADTEST_ARGS=...)
 	$(PY) loadtest/run_loadtest.py --repository $(REPO)/cpu --data $(DATA) --out-dir results $(LOADTEST_ARGS)

@@ -32,6 +32,7 @@ class LazyGroup(click.Group):
         "export": "pinrank.export.cli:export",
         "serve": "pinrank.serving.cli:serve",
         "demo": "pinrank.demo:demo",
+        "eval": "pinrank.eval.cli:eval_group",
     },
 )
 @click.version_option(package_name="pinrank")

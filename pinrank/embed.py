@@ -36,10 +36,19 @@ DAY_MS = 86_400_000
 def user_embeddings(model: PinnerFormer, timelines: UserTimelines, rows: np.ndarray, as_of_ms: int | np.ndarray,
                     batch_size: int = 64) -> np.ndarray:
     """[len(rows), D] embeddings of timeline rows from their last max_len actions before as_of_ms."""
+    rows = np.asarray(rows, dtype=np.int64)
+    return embeddings_at(model, timelines, rows, timelines.ends_before(rows, as_of_ms), batch_size)
+
+
+@torch.inference_mode()
+def embeddings_at(model: PinnerFormer, timelines: UserTimelines, rows: np.ndarray, ends: np.ndarray,
+                  batch_size: int = 64) -> np.ndarray:
+    """[len(rows), D] embeddings of timeline rows whose input ends (exclusive) at flat index `ends`:
+    for protocols that cut a user's history at an action rather than at a time."""
     was_training = model.training
     model.eval()
     rows = np.asarray(rows, dtype=np.int64)
-    ends = timelines.ends_before(rows, as_of_ms)
+    ends = np.asarray(ends, dtype=np.int64)
     out = np.zeros((rows.size, model.config.out_dim), dtype=np.float32)
     # Batching users of similar length wastes less padding; outputs do not depend on it.
     order = np.argsort(ends - timelines.offsets[rows], kind="stable")

@@ -52,8 +52,9 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
                  root / "model_repository", root / "export.json")
     run_cli(["data", "synth", "--out", p.data, "--users", 300, "--items", 800, "--days", 21,
              "--eval-days", 4, "--quiet"])
+    # The first half of the training period for PinnerFormer, the rest for the ranker (no leak).
     run_cli(["train", "pinnerformer", "--data", p.data, "--out", p.pinnerformer, "--steps", 15,
-             "--batch-size", 32, "--no-progress"])
+             "--batch-size", 32, "--train-cut", 0.5, "--no-progress"])
     run_cli(["embed", "--checkpoint", p.pinnerformer, "--data", p.data, "--out", p.snapshot])
     run_cli(["train", "ranker", "--data", p.data, "--pinnerformer", p.pinnerformer, "--out", p.ranker,
              "--steps", 30, "--no-progress"])

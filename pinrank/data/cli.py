@@ -17,7 +17,7 @@ import numpy as np
 
 from pinrank import schema
 from pinrank.data.dataset import Dataset, DatasetError, load_dataset
-from pinrank.data.importers import FORMATS, import_source
+from pinrank.data.importers import FORMATS, SPLITS, import_source
 from pinrank.data.synthetic import QUICK, SyntheticConfig, generate
 
 
@@ -26,7 +26,8 @@ def data() -> None:
     """Make, import and validate pinrank datasets.
 
     A dataset is a directory with actions.parquet, impressions.parquet,
-    items.parquet, item_embeddings.npy and meta.json (pinrank.data.dataset).
+    items.parquet, item_embeddings.npy, meta.json and, for per-user splits,
+    user_cuts.parquet (pinrank.data.dataset).
     """
 
 
@@ -70,7 +71,7 @@ def synth(out: Path, users: int, items: int, topics: int, days: int, eval_days: 
 
 @data.command("import")
 @click.option("--format", "fmt", required=True, type=click.Choice(FORMATS),
-              help="Source format: movielens (folder with ratings.csv, movies.csv, tags.csv), "
+              help="Source format: movielens (a MovieLens folder of any release, see above), "
                    "taobao (UserBehavior CSV or folder), rees46 (eCommerce CSV or folder).")
 @click.option("--src", required=True, type=click.Path(path_type=Path), help="Source file or folder.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -81,18 +82,35 @@ def synth(out: Path, users: int, items: int, topics: int, days: int, eval_days: 
               help="Sampled catalogue items shown beside each engaged item.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for negatives and embeddings.")
 @click.option("--train-fraction", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.8,
-              show_default=True, help="Share of actions (by time) before the train/eval split.")
+              show_default=True, help="Share of actions in training: of all actions by time (--split global) "
+                                      "or of each user's actions (--split per-user).")
+@click.option("--split", type=click.Choice(SPLITS), default="global", show_default=True,
+              help="global: one cut time for everyone (the --train-fraction quantile of action times). "
+                   "per-user: each user's first --train-fraction of actions train (at least one, and one "
+                   "held out when they have two or more); cuts go to user_cuts.parquet.")
 def import_cmd(fmt: str, src: Path, out: Path, skip_bad_rows: bool, negatives: int, seed: int,
-               train_fraction: float) -> None:
+               train_fraction: float, split: str) -> None:
     """Import a public interaction log into the dataset format.
 
     Actions map to schema actions (e.g. MovieLens rating >= 4 -> save);
     impressions are made from each action plus sampled negatives; item
     embeddings are an SVD stand-in. Malformed rows fail with file:line
-    unless --skip-bad-rows.
+    unless --skip-bad-rows; a file whose first line has the wrong layout
+    always fails there.
+
+    \b
+    --format movielens reads whichever release --src holds:
+      CSV releases  ratings.csv [movies.csv] [tags.csv]  (UTF-8, header)
+      ML-1M/ML-10M  ratings.dat [movies.dat] [tags.dat]  ('::', latin-1)
+      ML-100K       u.data [u.item] [u.genre]            (tab / '|', latin-1)
+    Topic = the movie's first genre, "(unknown)" without a movies file.
+    The catalogue is the items in the log.
+
+    Actions of one user in the same second get distinct times (+2 ms per
+    tie, ordered by item id), so the log order is the time order.
     """
     path = _guard(lambda: import_source(fmt, src, out, skip_bad_rows=skip_bad_rows, negatives=negatives,
-                                        seed=seed, train_fraction=train_fraction))
+                                        seed=seed, train_fraction=train_fraction, split=split))
     meta = load_dataset(path).meta
     c, bad = meta["counts"], meta["bad_rows"]
     click.echo(
@@ -112,7 +130,6 @@ def validate(directory: Path) -> None:
 def summary(ds: Dataset) -> str:
     """A few lines on sizes, action mix, time span and split."""
     a, meta = ds.actions, ds.meta
-    split = ds.train_end_ms
     lines = [
         f"dataset {ds.path} (source: {meta.get('source')})",
         f"  users: {np.unique(a['user_id']).size:,}  items: {ds.num_items:,}  topics: {np.unique(ds.item_topic).size:,}",
@@ -130,8 +147,13 @@ def summary(ds: Dataset) -> str:
         lines.append("  impressions: none")
     if a["ts_ms"].size:
         lines.append(f"  time span: {_iso(int(a['ts_ms'].min()))} .. {_iso(int(a['ts_ms'].max()))}")
-    n_train = int((a["ts_ms"] < split).sum())
-    lines.append(f"  split at {_iso(split)}: train {n_train:,} actions, eval {a['ts_ms'].size - n_train:,} actions")
+    if ds.user_train_end_ms is None:
+        split_at = f"split at {_iso(ds.train_end_ms)}"
+    else:
+        split_at = (f"split per user ({ds.user_train_end_ms['user_id'].size:,} user cuts, "
+                    f"first {meta.get('split', {}).get('train_fraction', '?')} of each user's actions)")
+    n_train = int((a["ts_ms"] < ds.train_cut_ms(a["user_id"])).sum())
+    lines.append(f"  {split_at}: train {n_train:,} actions, eval {a['ts_ms'].size - n_train:,} actions")
     return "\n".join(lines)
 
 

@@ -16,7 +16,11 @@ A dataset directory holds:
 - `item_embeddings.npy`: float32 [num_items, schema.ITEM_EMB_DIM], row i is
   the frozen content embedding of items.parquet row i (the PinSage role).
 - `meta.json`: source, seed, time span (`start_ms`, `end_ms`) and the
-  time-based split point `train_end_ms`, plus free-form source details.
+  time-based split point `train_end_ms`, plus free-form source details
+  (importers add `split`: {"kind": "global" | "per_user", "train_fraction"}).
+- `user_cuts.parquet` (optional, per-user splits only): `user_id` int64
+  (sorted, unique) and `train_end_ms` int64, each user's own train/eval
+  cut. Users absent from it use meta `train_end_ms`; see Dataset.train_cut_ms.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ IMPRESSION_COLUMNS: dict[str, pa.DataType] = {
     **{f"label_{h}": pa.int8() for h in schema.HEADS},
 }
 ITEM_COLUMNS: dict[str, pa.DataType] = {"item_id": pa.int64(), "topic": pa.int32()}
+USER_CUT_COLUMNS: dict[str, pa.DataType] = {"user_id": pa.int64(), "train_end_ms": pa.int64()}
 REQUIRED_META = ("source", "start_ms", "end_ms", "train_end_ms")
 
 
@@ -65,6 +70,8 @@ class Dataset:
     `surface` (int64 schema id), `ts_ms`, `duration_ms` (int64, -1 = null).
     `impressions` (possibly None) holds `request_id`, `user_id`, `item_id`,
     `ts_ms`, `surface` (id) and `labels` int8 [n, NUM_HEADS].
+    `user_train_end_ms` (None unless the split is per user) holds `user_id`
+    (sorted, unique) and `train_end_ms`, both int64.
     """
 
     actions: dict[str, np.ndarray]
@@ -74,6 +81,8 @@ class Dataset:
     meta: dict[str, Any]
     impressions: dict[str, np.ndarray] | None = None
     path: Path | None = field(default=None, compare=False)
+    # Last so that positional construction (..., impressions, path) keeps working.
+    user_train_end_ms: dict[str, np.ndarray] | None = None
 
     @property
     def num_items(self) -> int:
@@ -82,6 +91,19 @@ class Dataset:
     @property
     def train_end_ms(self) -> int:
         return int(self.meta["train_end_ms"])
+
+    def train_cut_ms(self, user_ids: np.ndarray) -> np.ndarray:
+        """int64 train/eval cut per entry of `user_ids`: the user's own cut
+        under a per-user split, else (and for users it lacks) meta train_end_ms."""
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        cuts = np.full(user_ids.shape, self.train_end_ms, dtype=np.int64)
+        if self.user_train_end_ms is None or self.user_train_end_ms["user_id"].size == 0:
+            return cuts
+        known_users, known_cuts = self.user_train_end_ms["user_id"], self.user_train_end_ms["train_end_ms"]
+        pos = np.minimum(np.searchsorted(known_users, user_ids), known_users.size - 1)
+        found = known_users[pos] == user_ids
+        cuts[found] = known_cuts[pos[found]]
+        return cuts
 
 
 def _encode(names: np.ndarray, ids: dict[str, int], what: str, path: Path, allow_null: bool) -> np.ndarray:
@@ -197,7 +219,18 @@ def load_dataset(path: str | Path) -> Dataset:
         impressions["labels"] = np.stack(
             [it.column(f"label_{h}").to_numpy() for h in schema.HEADS], axis=1
         ).astype(np.int8)
-    return Dataset(actions, item_ids, items.column("topic").to_numpy(), item_emb, meta, impressions, root)
+    return Dataset(actions, item_ids, items.column("topic").to_numpy(), item_emb, meta, impressions, root,
+                   user_train_end_ms=_load_user_cuts(root / "user_cuts.parquet"))
+
+
+def _load_user_cuts(path: Path) -> dict[str, np.ndarray] | None:
+    if not path.exists():
+        return None
+    table = _read_table(path, USER_CUT_COLUMNS)
+    cuts = {name: table.column(name).to_numpy() for name in USER_CUT_COLUMNS}
+    if not (np.diff(cuts["user_id"]) > 0).all():
+        raise DatasetError(f"{path}: user_id must be sorted and unique")
+    return cuts
 
 
 def save_dataset(ds: Dataset, path: str | Path) -> Path:
@@ -238,6 +271,15 @@ def save_dataset(ds: Dataset, path: str | Path) -> Path:
     else:
         # A stale file from an earlier save would be loaded as this dataset's.
         (root / "impressions.parquet").unlink(missing_ok=True)
+    if ds.user_train_end_ms is not None:
+        cuts = ds.user_train_end_ms
+        order = np.argsort(cuts["user_id"], kind="stable")
+        pq.write_table(
+            pa.table({name: pa.array(cuts[name][order], dtype) for name, dtype in USER_CUT_COLUMNS.items()}),
+            root / "user_cuts.parquet",
+        )
+    else:
+        (root / "user_cuts.parquet").unlink(missing_ok=True)  # stale, as for impressions
     pq.write_table(
         pa.table(
             {"item_id": pa.array(ds.item_ids, pa.int64()), "topic": pa.array(ds.item_topic, pa.int32())}

@@ -69,6 +69,16 @@ class PinnerFormerConfig:
     #: carry engagement (graph) signal; a pure content stand-in does not, and
     #: without it the tower cannot represent popularity at all.
     item_id_embedding: bool = True
+    #: Add a learned per-item embedding to every input token of the user tower
+    #: (hybrid with the frozen content embedding). Logs without real content
+    #: features only have an SVD stand-in there; ids let the tower learn what
+    #: an item means from the sequences themselves (SASRec's only input).
+    #: Measured on MovieLens in docs/results.md ("Items without content").
+    input_id_embedding: bool = True
+    #: Use the dataset's frozen content table (False: the table is zeros, so
+    #: both towers run on learned ids alone; for the measurement in
+    #: docs/results.md and for logs whose stand-in content is noise).
+    content_features: bool = True
     #: Paper feature. It tells older positions the newest timestamp in the
     #: window (never any item or action content); False makes every position
     #: strictly independent of newer actions.
@@ -91,7 +101,8 @@ class PinnerFormerConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown PinnerFormerConfig keys {unknown}")
-        d = dict(d)
+        # Checkpoints written before the input id table existed were trained without it.
+        d = {"input_id_embedding": False, **d}
         if "sequence_actions" in d:
             d["sequence_actions"] = tuple(d["sequence_actions"])
         return cls(**d)
@@ -145,7 +156,8 @@ class PinnerFormer(nn.Module):
         self.max_len = config.max_len
         self.use_latest = config.time_since_latest
         table = torch.zeros(self.num_items + 1, schema.ITEM_EMB_DIM)
-        table[1:] = emb
+        if config.content_features:
+            table[1:] = emb
         self.register_buffer("item_table", table)
 
         h = config.hidden
@@ -159,6 +171,13 @@ class PinnerFormer(nn.Module):
             + self.abs_time.out_dim + self.latest_time.out_dim + self.gap_time.out_dim
         )
         self.input_proj = nn.Linear(in_dim, h)
+        self.use_input_id = config.input_id_embedding
+        # Width 1 when off keeps the module (and TorchScript's attribute set) identical.
+        self.input_id_emb = nn.Embedding(self.num_items + 1, h if self.use_input_id else 1, padding_idx=0)
+        nn.init.normal_(self.input_id_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.input_id_emb.weight[0].zero_()
+        self.input_dropout = nn.Dropout(config.dropout)
         self.pos_emb = nn.Parameter(torch.randn(config.max_len, h) * 0.02)
         self.blocks = nn.ModuleList(
             [TransformerBlock(h, config.heads, config.ffn_mult * h, config.dropout) for _ in range(config.num_layers)]
@@ -201,6 +220,9 @@ class PinnerFormer(nn.Module):
         tokens = tokens * valid.unsqueeze(-1).to(tokens.dtype)
         length = item_idx.size(1)
         x = self.input_proj(tokens) + self.pos_emb[:length].unsqueeze(0)
+        if self.use_input_id:
+            x = x + self.input_id_emb(item_idx) * valid.unsqueeze(-1).to(x.dtype)
+        x = self.input_dropout(x)
         # One [B, L, L] mask for all layers: causal (older-or-self only) or padding key.
         blocked = newest_first_causal_mask(length, x.device).unsqueeze(0) | (~valid).unsqueeze(1)
         for block in self.blocks:

@@ -8,13 +8,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from pinrank.models.pinnerformer import PinnerFormerConfig
 from pinrank.train.distributed import BACKENDS
 from pinrank.train.pinnerformer import PinnerFormerTrainConfig
 from pinrank.train.pinnerformer_loss import NEGATIVES, OBJECTIVES
+from pinrank.train.recipes import RECIPES
+from pinrank.train.recipes import configs as recipe_configs
+from pinrank.train.training_cut import format_ms, resolve_cut
 
 _DEFAULT_TRAIN = PinnerFormerTrainConfig()
+_PINNERFORMER_RECIPES = [name for name, r in RECIPES.items() if r.model == "pinnerformer"]
 _DEFAULT_MODEL = PinnerFormerConfig()
 
 
@@ -76,14 +81,24 @@ def _set_threads(threads: int | None) -> None:
 @click.option("--metrics", "metrics_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write metrics JSON here (default: OUT with .metrics.json).")
 @click.option("--no-eval", is_flag=True, help="Skip the Recall@10 evaluation after training.")
+@click.option("--train-cut", default=None, metavar="FRACTION|YYYY-MM-DD",
+              help="Train on the actions before this cut only and evaluate on the window after it, leaving "
+                   "the later training days to the ranker (which refuses days before the cut: a checkpoint "
+                   "that saw a day's future positives must not embed its training requests). A fraction f "
+                   "is the UTC midnight before the f-quantile of the training-period action times; "
+                   "default: the whole training period (train_end_ms).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--recipe", type=click.Choice(_PINNERFORMER_RECIPES), default="long_term", show_default=True,
+              help="Training recipe (README, 'Which recipe for which goal'): long_term = the paper's dense "
+                   "all-action loss; next_item = the next interaction, for leave-one-out retrieval. Options "
+                   "given on the command line override it.")
 @BACKEND_OPTION
 def train_pinnerformer(data: Path, out: Path, steps: int, batch_size: int, positions: int, lr: float,
                        window_days: float, objective: str, negatives: str, no_logq: bool, layers: int, hidden: int, heads: int, paper_size: bool, seed: int, resume: bool,
-                       curve: Path | None, metrics_path: Path | None, no_eval: bool, threads: int | None,
-                       progress: bool, backend: str) -> None:
-    """Train the PinnerFormer user tower with the dense all-action loss.
+                       curve: Path | None, metrics_path: Path | None, no_eval: bool, train_cut: str | None,
+                       threads: int | None, progress: bool, recipe: str, backend: str) -> None:
+    """Train the PinnerFormer user tower (default: the dense all-action loss).
 
     Prints Recall@10 on the evaluation period (after train_end_ms) next to a
     popularity baseline, and writes the checkpoint, metrics JSON and curve.
@@ -96,16 +111,23 @@ def train_pinnerformer(data: Path, out: Path, steps: int, batch_size: int, posit
     from pinrank.train.pinnerformer import train_pinnerformer as train
 
     _set_threads(threads)
-    cfg = replace(_DEFAULT_TRAIN, steps=steps, batch_size=batch_size, positions_per_seq=positions, lr=lr,
-                  future_window_days=window_days, seed=seed, objective=objective, negatives=negatives,
-                  logq=not no_logq)
+    # Options typed on the command line win over the recipe; their defaults do not.
+    source = click.get_current_context().get_parameter_source
+    given = {field: value for field, (param, value) in {
+        "batch_size": ("batch_size", batch_size), "positions_per_seq": ("positions", positions), "lr": ("lr", lr),
+        "future_window_days": ("window_days", window_days), "objective": ("objective", objective),
+        "negatives": ("negatives", negatives), "logq": ("no_logq", not no_logq),
+    }.items() if source(param) is not ParameterSource.DEFAULT}
     try:
         with distributed_from_env(backend) as ctx:
             ds = _load_data(data)
-            model_cfg = (PinnerFormerConfig.paper() if paper_size
-                         else replace(_DEFAULT_MODEL, num_layers=layers, hidden=hidden, heads=heads))
+            base = (PinnerFormerConfig.paper() if paper_size
+                    else replace(_DEFAULT_MODEL, num_layers=layers, hidden=hidden, heads=heads))
+            model_cfg, cfg = recipe_configs(recipe, ds.num_items, train_options={**given, "steps": steps, "seed": seed},
+                                            model_base=base)
+            cut = resolve_cut(train_cut, ds) if train_cut is not None else None
             metrics = train(ds, out, cfg, model_cfg, resume=resume, curve=curve, progress=progress,
-                            evaluate=not no_eval, ctx=ctx)
+                            evaluate=not no_eval, ctx=ctx, train_cut_ms=cut)
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     if not ctx.is_main:
@@ -113,7 +135,8 @@ def train_pinnerformer(data: Path, out: Path, steps: int, batch_size: int, posit
     path = write_json(metrics_path or out.with_suffix(".metrics.json"), metrics)
     if not progress and not no_eval:  # with progress on, training already printed it
         click.echo(recall_summary(metrics))
-    click.echo(f"checkpoint {out} ({metrics['steps']} steps, {metrics['train_seconds']:.0f} s); metrics {path}")
+    click.echo(f"checkpoint {out} ({metrics['steps']} steps, {metrics['train_seconds']:.0f} s, actions before "
+               f"{format_ms(metrics['train_cut_ms'])}); metrics {path}")
 
 
 def _parse_day(value: str) -> int:

@@ -12,7 +12,9 @@ from pinrank.models.ranker import RankerConfig
 from pinrank.models.realtime import MODES
 from pinrank.train.cli_pinnerformer import BACKEND_OPTION
 from pinrank.train.distributed import SINGLE, DistContext, broadcast_object
+from pinrank.train.pinnerformer import pinnerformer_train_cut_ms
 from pinrank.train.ranker import TrainConfig
+from pinrank.train.training_cut import format_ms, ranker_periods, ranker_train_start, resolve_cut
 
 _DEFAULT_MODEL = RankerConfig()
 _DEFAULT_TRAIN = TrainConfig()
@@ -30,10 +32,11 @@ def _load_snapshot_dir(root: Path) -> list:
 
 
 def _snapshots(ds, pinnerformer: Path | None, snapshots_dir: Path | None,  # type: ignore[no-untyped-def]
-               ctx: DistContext = SINGLE) -> list:
-    """Daily snapshots: built from a PinnerFormer checkpoint (and saved to
-    snapshots_dir if given), or loaded from snapshots_dir. Data-parallel:
-    rank 0 builds and saves them, and sends them to the other ranks."""
+               ctx: DistContext = SINGLE, from_ms: int | None = None) -> list:
+    """Daily snapshots: built from a PinnerFormer checkpoint for the days from
+    `from_ms` (default: the dataset's start) on, and saved to snapshots_dir if
+    given; or loaded from snapshots_dir. Data-parallel: rank 0 builds and
+    saves them, and sends them to the other ranks."""
     if pinnerformer is None:
         assert snapshots_dir is not None
         return _load_snapshot_dir(snapshots_dir)
@@ -44,14 +47,12 @@ def _snapshots(ds, pinnerformer: Path | None, snapshots_dir: Path | None,  # typ
 
     if not ctx.is_main:
         return broadcast_object(None, ctx)
-    snaps = build_daily_snapshots(pinnerformer, ds, int(ds.meta["start_ms"]), int(ds.meta["end_ms"]))
+    start = int(ds.meta["start_ms"]) if from_ms is None else from_ms
+    snaps = build_daily_snapshots(pinnerformer, ds, start, int(ds.meta["end_ms"]))
     broadcast_object(snaps, ctx)
     if snapshots_dir is not None:
-        import datetime as dt
-
         for s in snaps:
-            day = dt.datetime.fromtimestamp(s.as_of_ms / 1000, tz=dt.timezone.utc).strftime("%Y-%m-%d")
-            s.save(snapshots_dir / day)
+            s.save(snapshots_dir / format_ms(s.as_of_ms))  # UTC midnights: named by date
     return snaps
 
 
@@ -65,6 +66,11 @@ def _snapshots(ds, pinnerformer: Path | None, snapshots_dir: Path | None,  # typ
 @click.option("--snapshots-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="With --pinnerformer: where to save the built daily snapshots. "
                    "Alone: read existing daily snapshots (one subdirectory each) instead of building them.")
+@click.option("--train-start", default=None, metavar="FRACTION|YYYY-MM-DD",
+              help="Train on the requests from this cut to train_end_ms (same forms as `train pinnerformer "
+                   "--train-cut`). Default: the --pinnerformer checkpoint's training cut (a start before it is "
+                   "refused: that checkpoint saw those days' future positives); the whole training period "
+                   "with --no-pinnerformer; required with --snapshots-dir alone.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="Checkpoint to write (kind=ranker); `--resume` continues from it.")
 @click.option("--mode", type=click.Choice(list(MODES)), default=_DEFAULT_MODEL.mode, show_default=True,
@@ -90,13 +96,14 @@ def _snapshots(ds, pinnerformer: Path | None, snapshots_dir: Path | None,  # typ
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @BACKEND_OPTION
 def train_ranker(data: Path, pinnerformer: Path | None, no_pinnerformer: bool, snapshots_dir: Path | None,
-                 out: Path, mode: str, no_realtime: bool, steps: int, batch_size: int, lr: float,
-                 mask_window_h: float, seed: int, resume: bool, curve: Path | None, metrics_path: Path | None,
+                 train_start: str | None, out: Path, mode: str, no_realtime: bool, steps: int, batch_size: int,
+                 lr: float, mask_window_h: float, seed: int, resume: bool, curve: Path | None, metrics_path: Path | None,
                  threads: int | None, progress: bool, backend: str) -> None:
     """Train the ranker (DCN v2 over candidate, PinnerFormer user embedding,
     context and the realtime action sequence; one head per schema.HEADS) on the
-    dataset's impressions before meta train_end_ms, then report AUC and HIT@3
-    per head on the requests after it.
+    dataset's impressions from --train-start (default: the PinnerFormer's
+    training cut) to meta train_end_ms, then report AUC and HIT@3 per head on
+    the requests after it.
 
     User embeddings come from daily snapshots: a request on day d reads the
     newest snapshot as of d's UTC midnight, as serving would. Data-parallel
@@ -120,6 +127,9 @@ def train_ranker(data: Path, pinnerformer: Path | None, no_pinnerformer: bool, s
         raise click.ClickException("give --pinnerformer CKPT, --snapshots-dir DIR, or --no-pinnerformer")
     if snapshots_dir is not None and pinnerformer is None and not snapshots_dir.is_dir():
         raise click.ClickException(f"{snapshots_dir}: no such snapshot directory")
+    if snapshots_dir is not None and pinnerformer is None and train_start is None:
+        raise click.ClickException("--snapshots-dir alone needs --train-start: snapshots do not record the "
+                                   "training cut of the PinnerFormer that built them (start at or after it)")
     if threads:
         torch.set_num_threads(threads)
 
@@ -131,16 +141,21 @@ def train_ranker(data: Path, pinnerformer: Path | None, no_pinnerformer: bool, s
     try:
         with distributed_from_env(backend) as ctx:
             ds = load_dataset(data)
-            snaps = None if no_pinnerformer else _snapshots(ds, pinnerformer, snapshots_dir, ctx)
+            cut = pinnerformer_train_cut_ms(pinnerformer) if pinnerformer is not None else None
+            start = ranker_train_start(ds.train_end_ms, resolve_cut(train_start, ds) if train_start else None, cut)
+            snaps = None if no_pinnerformer else _snapshots(ds, pinnerformer, snapshots_dir, ctx, start)
             full = build_ranker_data(ds, snaps)
-            train, evaluation = full.split(ds.train_end_ms)
+            train, evaluation = ranker_periods(full, ds.train_end_ms, start, cut)
             if ctx.is_main:
+                since = f" from {format_ms(start)}" if start is not None else ""
                 click.echo(f"featurized {full.num_requests} requests / {full.num_impressions} impressions in "
-                           f"{time.perf_counter() - t0:.1f}s: train {train.num_impressions}, eval "
-                           f"{evaluation.num_impressions}; known users {full.user_known.mean():.1%}")
+                           f"{time.perf_counter() - t0:.1f}s: train{since} {train.num_impressions}, eval "
+                           f"{evaluation.num_impressions}; known users {train.user_known.mean():.1%} (train), "
+                           f"{evaluation.user_known.mean() if evaluation.num_requests else 0:.1%} (eval)")
             extra = {"item_ids": np.asarray(ds.item_ids, dtype=np.int64), "data": str(data),
                      "pinnerformer": str(pinnerformer) if pinnerformer else None,
-                     "snapshots": len(snaps) if snaps else 0, "train_end_ms": ds.train_end_ms}
+                     "snapshots": len(snaps) if snaps else 0, "train_end_ms": ds.train_end_ms,
+                     "train_start_ms": start, "pinnerformer_train_cut_ms": cut}
             result = run_training(train, ds.item_emb, model_cfg, train_cfg, out=out, eval_data=evaluation,
                                   resume=resume, curve=curve, extra=extra, progress=progress, ctx=ctx)
     except (DatasetError, SnapshotError, ValueError, FileNotFoundError) as exc:

@@ -1,7 +1,9 @@
 """Train PinnerFormer with the dense all-action loss, checkpoint, resume, evaluate.
 
 Training data: per user, the time-sorted sequence actions strictly before
-meta["train_end_ms"]; every step samples windows of up to M actions ending at
+the training cut (meta["train_end_ms"] unless `train_cut_ms` moves it
+earlier, to leave later days to the ranker: pinrank.train.training_cut);
+every step samples windows of up to M actions ending at
 random cut points, positions inside them and one future-window positive per
 position (`DenseAllActionSampler`, seeded numpy Generator, restored on resume).
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ from pinrank.models.pinnerformer import (
 from pinrank.train.common import load_checkpoint, plot_curves, save_checkpoint, seed_everything
 from pinrank.train.distributed import SINGLE, DistContext, even_bounds, gather_rows
 from pinrank.train.pinnerformer_loss import DenseAllActionLoss, DenseAllActionSampler, DenseBatch
+from pinrank.train.training_cut import check_cut_in_training_period, format_ms
 
 _DAY_MS = 86_400_000
 KIND = "pinnerformer"
@@ -78,19 +81,71 @@ class PinnerFormerTrainConfig:
     objective: str = "dense_all_action"
     negatives: str = "mixed"
     logq: bool = True
+    #: Actions that are labels (the user tower's targets). The paper's are the
+    #: positive engagements; leave-one-out on a rating log predicts every
+    #: rated item, low ratings included (`pinrank eval loo`).
+    label_actions: tuple[str, ...] = schema.POSITIVE_ACTIONS
+    #: pinnerformer_loss.WINDOW_ENDS; objectives that train e_1 only ignore it.
+    window_end: str = "random"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PinnerFormerTrainConfig":
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        kept = {k: v for k, v in d.items() if k in known}
+        if "label_actions" in kept:
+            kept["label_actions"] = tuple(kept["label_actions"])
+        return cls(**kept)
 
 
 def make_sampler(ds: Dataset, model_cfg: PinnerFormerConfig, cfg: PinnerFormerTrainConfig) -> DenseAllActionSampler:
     """Sampler over the training period only (actions before train_end_ms)."""
     seq = UserTimelines(ds, model_cfg.sequence_actions, before_ms=ds.train_end_ms)
-    pos = UserTimelines(ds, schema.POSITIVE_ACTIONS, before_ms=ds.train_end_ms)
+    pos = UserTimelines(ds, cfg.label_actions, before_ms=ds.train_end_ms)
     return DenseAllActionSampler(seq, pos, cfg.future_window_days, model_cfg.max_len,
-                                 cfg.positions_per_seq, cfg.include_newest, cfg.objective)
+                                 cfg.positions_per_seq, cfg.include_newest, cfg.objective, cfg.window_end)
+
+
+def make_optimizer(model: nn.Module, loss_fn: DenseAllActionLoss, cfg: PinnerFormerTrainConfig) -> torch.optim.AdamW:
+    """AdamW for a tower with `num_items` (PinnerFormer, SASRec); each param
+    group's `lr_mult` scales the scheduled rate.
+
+    No weight decay on vectors (biases, norms, phases, the log-temperature):
+    decay would pull the temperature towards 1 and the norms towards 0. None
+    on the per-item id tables either (any embedding with a row per item): a
+    row decays at every step but learns only when its item is sampled, so
+    decay would erase rare items.
+    """
+    n_rows = int(getattr(model, "num_items")) + 1
+    tables = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.num_embeddings == n_rows]
+    params = [p for p in list(model.parameters()) + list(loss_fn.parameters())
+              if not any(p is t for t in tables)]
+    return torch.optim.AdamW(
+        [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+         {"params": tables, "weight_decay": 0.0, "lr_mult": cfg.item_id_lr_mult}],
+        lr=cfg.lr,
+    )
+
+
+def pinnerformer_train_cut_ms(source: str | Path | dict[str, Any]) -> int:
+    """The training cut of a PinnerFormer checkpoint (path or loaded dict): it
+    trained on actions strictly before it. Checkpoints from before the cut was
+    recorded trained on their dataset's whole training period."""
+    ckpt = source if isinstance(source, dict) else load_checkpoint(source, KIND)
+    extra = ckpt.get("extra", {})
+    if "train_cut_ms" in extra:
+        return int(extra["train_cut_ms"])
+    try:
+        return int(extra["dataset_meta"]["train_end_ms"])
+    except (KeyError, TypeError):
+        raise ValueError(f"{source if not isinstance(source, dict) else 'checkpoint'}: records no training cut "
+                         "(no train_cut_ms, no dataset_meta.train_end_ms)") from None
+
+
+def with_train_end(ds: Dataset, cut_ms: int) -> Dataset:
+    """`ds` as PinnerFormer sees it under a training cut: the same arrays, with
+    train_end_ms moved to the cut (its sampler and evaluation read train_end_ms)."""
+    return ds if cut_ms == ds.train_end_ms else replace(ds, meta={**ds.meta, "train_end_ms": int(cut_ms)})
 
 
 def _lr_factor(step: int, cfg: PinnerFormerTrainConfig) -> float:
@@ -106,8 +161,48 @@ def draw_batch(sampler: DenseAllActionSampler, rng: np.random.Generator, cfg: Pi
                negatives: str, num_items: int) -> tuple[DenseBatch, np.ndarray]:
     """The next global batch and its random negatives (item indices), from `rng`."""
     batch = sampler.sample(rng, cfg.batch_size)
-    n_random = 0 if negatives == "in_batch" else cfg.num_random_negatives
+    n_random = 0 if negatives in ("in_batch", "full") else cfg.num_random_negatives
     return batch, rng.integers(1, num_items + 1, size=n_random)
+
+
+def encode_pairs(model: nn.Module, inputs: dict[str, np.ndarray], row: np.ndarray, col: np.ndarray,
+                 device: torch.device | None = None, groups: int = 4) -> Tensor:
+    """Hidden states [R, H] at the labelled (window row, column) pairs.
+
+    Windows are encoded in `groups` groups of similar length, each trimmed
+    to its own longest window: one long user would otherwise pad the whole
+    batch to max_len, and attention cost grows with the square of that width
+    (3x faster on MovieLens). Trailing padding changes no output, so the
+    states are the ones a single padded forward would give.
+    """
+    if row.size == 0:
+        # A data-parallel rank may hold no labelled pair; it still runs the encoder so
+        # its graph (and DDP's gradient sync) covers the same parameters as the others.
+        hidden = model.encode(**{k: t.to(device) if device is not None else t for k, t in to_tensors(inputs).items()})
+        return hidden[:0, 0]
+    lengths = (inputs["action"] > 0).sum(axis=1)
+    order = np.argsort(lengths, kind="stable")
+    local = np.empty(lengths.size, dtype=np.int64)
+    parts, picked = [], []
+    for group in np.array_split(order, min(groups, lengths.size)):
+        if group.size == 0:
+            continue
+        width = max(1, int(lengths[group].max()))
+        local[group] = np.arange(group.size)
+        sel = np.flatnonzero(np.isin(row, group))
+        if sel.size == 0:
+            continue
+        sub = to_tensors({k: v[group, :width] for k, v in inputs.items()})
+        hidden = model.encode(**{k: t.to(device) if device is not None else t for k, t in sub.items()})
+        r = torch.from_numpy(local[row[sel]])
+        c = torch.from_numpy(col[sel])
+        if device is not None:
+            r, c = r.to(device), c.to(device)
+        parts.append(hidden[r, c])
+        picked.append(sel)
+    back = torch.from_numpy(np.argsort(np.concatenate(picked), kind="stable"))
+    out = torch.cat(parts)
+    return out[back.to(out.device)]
 
 
 def batch_loss(model: PinnerFormer, loss_fn: DenseAllActionLoss, batch: DenseBatch, neg: np.ndarray,
@@ -128,8 +223,9 @@ def batch_loss(model: PinnerFormer, loss_fn: DenseAllActionLoss, batch: DenseBat
     owner = torch.from_numpy(batch.owner).to(dev)
     neg_t = torch.from_numpy(np.asarray(neg, dtype=np.int64)).to(dev)
     if not ctx.enabled:
-        hidden = model.encode(**to_tensors(batch.inputs))
-        user = model.head(hidden[torch.from_numpy(batch.row), torch.from_numpy(batch.col)])  # sampled positions only
+        user = model.head(encode_pairs(model, batch.inputs, batch.row, batch.col))  # sampled positions only
+        if loss_fn.negatives == "full":
+            return loss_fn.full_softmax(user, label, model.all_item_embeddings())
         items = model.encode_items(torch.cat([label, neg_t]))
         return loss_fn(user, label, items[: label.numel()], owner, neg_t, items[label.numel():])
 
@@ -139,10 +235,10 @@ def batch_loss(model: PinnerFormer, loss_fn: DenseAllActionLoss, batch: DenseBat
     r = ctx.rank
     w_lo, p_lo, p_hi = int(windows[r]), int(pairs[r]), int(pairs[r + 1])
     inputs = {k: v[w_lo: windows[r + 1]] for k, v in batch.inputs.items()}
-    hidden = model.encode(**{k: t.to(dev) for k, t in to_tensors(inputs).items()})
-    row = torch.from_numpy(batch.row[p_lo:p_hi] - w_lo).to(dev)
-    col = torch.from_numpy(batch.col[p_lo:p_hi]).to(dev)
-    user = model.head(hidden[row, col])
+    user = model.head(encode_pairs(model, inputs, batch.row[p_lo:p_hi] - w_lo, batch.col[p_lo:p_hi], dev))
+    if loss_fn.negatives == "full":
+        # Every rank scores its rows against the whole catalogue: nothing to gather.
+        return loss_fn.full_softmax(user, label[p_lo:p_hi], model.all_item_embeddings(), num_rows=int(label.numel()))
     mine = model.encode_items(torch.cat([label[p_lo:p_hi], neg_t[negs[r]: negs[r + 1]]]))
     n_labels, n_negs = np.diff(pairs), np.diff(negs)
     blocks = gather_rows(mine, (n_labels + n_negs).tolist(), ctx)
@@ -246,7 +342,7 @@ def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfi
                        model_cfg: PinnerFormerConfig | None = None, *, resume: bool = False,
                        curve: str | Path | None = None, progress: bool = True,
                        evaluate: bool = True, stop_at: int | None = None,
-                       ctx: DistContext = SINGLE) -> dict[str, Any]:
+                       ctx: DistContext = SINGLE, train_cut_ms: int | None = None) -> dict[str, Any]:
     """Train (or resume) and write the checkpoint `out`; return metrics and timing.
 
     With `resume=True` and an existing `out`, the model/train config, weights,
@@ -254,6 +350,11 @@ def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfi
     history come from the checkpoint; `cfg.steps` is the new total.
     `stop_at` ends this run early (checkpointed) at that step, e.g. to split
     a long run across jobs; the schedule still follows `cfg.steps`.
+
+    `train_cut_ms` (default: ds.train_end_ms, or the resumed checkpoint's)
+    trains on the actions before it only and evaluates on the window after
+    it; the checkpoint records it, and the ranker then trains on requests
+    from the cut on (pinrank.train.training_cut).
 
     With a distributed `ctx` (torchrun), `cfg.batch_size` is the global batch:
     every rank draws it from the same seeded RNG and trains on its part
@@ -274,7 +375,16 @@ def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfi
         cfg = PinnerFormerTrainConfig(**{**asdict(saved), "steps": cfg.steps})
         if not np.array_equal(np.asarray(ckpt["extra"]["item_ids"]), ds.item_ids):
             raise ValueError(f"{out}: checkpoint was trained on a different item catalogue")
+        saved_cut = pinnerformer_train_cut_ms(ckpt)
+        if train_cut_ms is not None and int(train_cut_ms) != saved_cut:
+            raise ValueError(f"{out}: checkpoint trained with cut {format_ms(saved_cut)}, "
+                             f"not the requested {format_ms(train_cut_ms)}")
+        train_cut_ms = saved_cut
     model_cfg = model_cfg or PinnerFormerConfig()
+    full_meta = dict(ds.meta)
+    cut = ds.train_end_ms if train_cut_ms is None else int(train_cut_ms)
+    check_cut_in_training_period(cut, ds)
+    ds = with_train_end(ds, cut)
 
     model = PinnerFormer(model_cfg, ds.item_emb)
     loss_fn = DenseAllActionLoss(ds.num_items, cfg.init_temperature, cfg.min_temperature,
@@ -283,15 +393,7 @@ def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfi
     model.to(ctx.device)
     loss_fn.to(ctx.device)
     params = list(model.parameters()) + list(loss_fn.parameters())
-    # No weight decay on vectors (biases, norms, phases, the log-temperature):
-    # decay would pull the temperature towards 1 and the norms towards 0.
-    id_table = model.item_id_emb.weight
-    opt = torch.optim.AdamW(
-        [{"params": [p for p in params if p.dim() >= 2 and p is not id_table], "weight_decay": cfg.weight_decay},
-         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-         {"params": [id_table], "weight_decay": 0.0, "lr_mult": cfg.item_id_lr_mult}],
-        lr=cfg.lr,
-    )
+    opt = make_optimizer(model, loss_fn, cfg)
     rng = np.random.default_rng(cfg.seed)
     step, history = 0, {"loss": [], "temperature": [], "batch_acc": [], "lr": []}
     # Running sums since the last logged point; checkpointed so a split run logs like a straight one.
@@ -306,8 +408,9 @@ def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfi
 
     sampler = make_sampler(ds, model_cfg, cfg)
 
-    # Without the id table the tower leaves item_id_emb out of the graph; DDP must be told.
-    step_fn = ctx.wrap(PinnerFormerStep(model, loss_fn, ctx), find_unused_parameters=not model.use_item_id)
+    # A switched-off id table stays out of the graph; DDP must be told.
+    step_fn = ctx.wrap(PinnerFormerStep(model, loss_fn, ctx),
+                       find_unused_parameters=not (model.use_item_id and model.use_input_id))
 
     def save() -> None:
         if not ctx.is_main:
@@ -317,7 +420,7 @@ def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfi
             config={"model": model_cfg.to_dict(), "train": asdict(cfg), "num_items": ds.num_items},
             extra={"loss_state": loss_fn.state_dict(), "rng_state": rng.bit_generator.state,
                    "history": history, "log_window": dict(window), "item_ids": ds.item_ids.copy(),
-                   "dataset_meta": dict(ds.meta)},
+                   "dataset_meta": full_meta, "train_cut_ms": cut},
         )
 
     model.train()
@@ -362,7 +465,7 @@ def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfi
 
     metrics: dict[str, Any] = {"steps": step, "train_seconds": round(train_seconds, 2),
                                "final_loss": history["loss"][-1] if history["loss"] else None,
-                               "checkpoint": str(out), "world_size": ctx.world_size}
+                               "checkpoint": str(out), "world_size": ctx.world_size, "train_cut_ms": cut}
     model.cpu()  # evaluation and callers work on CPU tensors
     if not ctx.is_main:
         model.eval()
@@ -386,8 +489,11 @@ __all__ = [
     "eval_targets",
     "evaluate_recall",
     "load_pinnerformer",
+    "make_optimizer",
     "make_sampler",
+    "pinnerformer_train_cut_ms",
     "recall_summary",
     "train_pinnerformer",
     "train_step",
+    "with_train_end",
 ]

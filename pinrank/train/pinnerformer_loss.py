@@ -38,7 +38,12 @@ from pinrank.models.pinnerformer import UserTimelines
 
 _DAY_MS = 86_400_000
 OBJECTIVES = ("dense_all_action", "all_action", "sasrec", "next_action")
-NEGATIVES = ("mixed", "in_batch", "random")
+NEGATIVES = ("mixed", "in_batch", "random", "full")
+#: Where a training window ends: at a uniformly drawn action ("random": every
+#: prefix of a history is a training example, the paper's sampling), or at the
+#: user's last action ("last": the last max_len actions, as SASRec trains; every
+#: position weighs the same instead of early ones being covered by more windows).
+WINDOW_ENDS = ("random", "last")
 
 
 @dataclass
@@ -72,9 +77,12 @@ class DenseAllActionSampler:
 
     def __init__(self, seq: UserTimelines, positives: UserTimelines, window_days: float, max_len: int,
                  positions_per_seq: int = 16, include_newest: bool = True,
-                 objective: str = "dense_all_action") -> None:
+                 objective: str = "dense_all_action", window_end: str = "random") -> None:
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if window_end not in WINDOW_ENDS:
+            raise ValueError(f"window_end must be one of {WINDOW_ENDS}, got {window_end!r}")
+        self.window_end = window_end
         self.objective = objective
         self.newest_only = objective in ("all_action", "next_action")
         self.next_label = objective in ("sasrec", "next_action")
@@ -138,6 +146,8 @@ class DenseAllActionSampler:
                 # Window end (exclusive) right after a uniformly chosen labelled action: e_1 is labelled.
                 lab = int(seq.offsets[r]) + np.flatnonzero(self.labelled[seq.offsets[r]: seq.offsets[r + 1]])
                 end = int(lab[rng.integers(0, lab.size)]) + 1
+            elif self.window_end == "last":
+                end = int(seq.offsets[r + 1])
             else:
                 # Window end (exclusive) uniform over cuts that keep >= 1 labelled action.
                 end = int(rng.integers(self.first_labelled[r] + 1, seq.offsets[r + 1] + 1))
@@ -222,6 +232,9 @@ class DenseAllActionLoss(nn.Module):
 
     `negatives`: "mixed" (in-batch + random), "in_batch" (random ones ignored)
     or "random" (no in-batch ones); `logq=False` drops the -log Q correction.
+    "full" scores every item of the catalogue (an exact softmax, SASRec's
+    loss): no sampling, so no logQ; affordable for catalogues of up to tens
+    of thousands of items, not for Pinterest's billions (`full_softmax`).
     """
 
     def __init__(self, num_items: int, init_temperature: float = 0.07, min_temperature: float = 0.01,
@@ -241,6 +254,22 @@ class DenseAllActionLoss(nn.Module):
     @property
     def temperature(self) -> Tensor:
         return self.log_temperature.exp().clamp_min(self.min_temperature)
+
+    def full_softmax(self, user: Tensor, label: Tensor, all_items: Tensor,
+                     num_rows: int | None = None) -> tuple[Tensor, dict[str, float]]:
+        """Cross-entropy of each row's label against every item: user [R, D],
+        label [R] (1-based item indices), all_items [num_items + 1, D] (row 0 = OOV,
+        never a candidate). `num_rows` as in `forward` for data-parallel shares."""
+        logits = (user @ all_items[1:].T) / self.temperature
+        target = label - 1
+        if num_rows is None:
+            loss = F.cross_entropy(logits, target)
+        else:
+            loss = F.cross_entropy(logits, target, reduction="sum") / num_rows
+        with torch.no_grad():
+            acc = (logits.argmax(dim=1) == target).float().mean().item() if user.size(0) else 0.0
+        return loss, {"temperature": float(self.temperature.detach()), "batch_acc": acc,
+                      "num_candidates": float(logits.size(1) - 1), "rows": float(user.size(0))}
 
     def forward(self, user: Tensor, label: Tensor, label_emb: Tensor, owner: Tensor,
                 neg: Tensor, neg_emb: Tensor, *, batch_label: Tensor | None = None,

@@ -8,7 +8,14 @@ Variants (TransAct paper, Table 1 and the hybrid ablation):
 - full_fused: the same inputs with the request-level dedup encoder;
 - no_realtime / no_pinnerformer: drop one user-side input (fused layout for
   no_pinnerformer, so its comparison is with full_fused at equal cost);
+- none: neither user-side input (candidate and context only), the floor both
+  inputs are measured against;
 - avgpool_realtime: TransAct's "WDL + avg-pool sequence" baseline.
+
+Every variant trains on the same requests: from the PinnerFormer
+checkpoint's training cut (or a later --train-start) to train_end_ms, so no
+training day is embedded by a model that saw its future
+(pinrank.train.training_cut).
 
 `hit_at_3` ranks each held-out request (candidate order shuffled) by the
 served utility, as users see it: higher is better for save/click/closeup,
@@ -17,6 +24,7 @@ lower for hide. `hit_at_3_own_head` ranks by the head's own probability.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import replace
@@ -27,6 +35,7 @@ import click
 
 from pinrank import schema
 from pinrank.train.common import write_report
+from pinrank.train.training_cut import format_ms, ranker_periods, ranker_train_start, resolve_cut
 
 #: name -> RankerConfig overrides.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -34,6 +43,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "full_fused": {"mode": "fused"},
     "no_realtime": {"mode": "fused", "use_realtime": False},
     "no_pinnerformer": {"mode": "fused", "use_pinnerformer": False},
+    "none": {"mode": "fused", "use_realtime": False, "use_pinnerformer": False},
     "avgpool_realtime": {"mode": "avgpool"},
 }
 COST_N: tuple[int, ...] = (100, 500, 1000)
@@ -54,8 +64,12 @@ def variant_row(metrics: dict[str, Any], cost: dict[int, tuple[float, float]]) -
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    """Utility-ranked HIT@3 and AUC per head, and the cost at N=500, as a Markdown table."""
-    heads = list(schema.HEADS)
+    """Utility-ranked HIT@3 and AUC per head, and the cost at N=500, as a Markdown table.
+
+    Heads without a positive in the evaluation period (AUC NaN in every row,
+    e.g. close-up on a log without tags) are left out."""
+    rows = report["variants"].values()
+    heads = [h for h in schema.HEADS if not all(math.isnan(r["auc"][h]) for r in rows)]
     head_cols = " | ".join(f"{h} AUC / HIT@3" for h in heads)
     lines = [f"| variant | {head_cols} | GFLOP/request | ms/request |",
              "|---|" + "---|" * (len(heads) + 2)]
@@ -70,6 +84,9 @@ def render_markdown(report: dict[str, Any]) -> str:
 @click.option("--pinnerformer", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
               help="PinnerFormer checkpoint: daily snapshots are built from it (a day reads the one before it).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results/ranker.json"), show_default=True)
+@click.option("--train-start", default=None, metavar="FRACTION|YYYY-MM-DD",
+              help="First day of the rankers' training requests (as `pinrank train ranker --train-start`); "
+                   "default: the PinnerFormer checkpoint's training cut, and never before it.")
 @click.option("--work", type=click.Path(path_type=Path), default=Path("artifacts/ranker_ablation"),
               show_default=True, help="Where the per-variant checkpoints go.")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True,
@@ -80,15 +97,17 @@ def render_markdown(report: dict[str, Any]) -> str:
               help="Run only these variants (repeatable; default: all).")
 @click.option("--cost-repeats", type=click.IntRange(min=1), default=10, show_default=True,
               help="Timed serving calls per N (median reported).")
-def main(data: Path, pinnerformer: Path, out: Path, work: Path, steps: int, threads: int, only: tuple[str, ...],
-         cost_repeats: int) -> None:
+def main(data: Path, pinnerformer: Path, out: Path, train_start: str | None, work: Path, steps: int, threads: int,
+         only: tuple[str, ...], cost_repeats: int) -> None:
     """Train every ranker ablation variant and compare quality and cost."""
+    # Deferred so that --help and argument errors answer without loading torch and the models.
     import torch
 
     from pinrank.data.dataset import DatasetError, load_dataset
     from pinrank.embed import build_daily_snapshots
     from pinrank.models.ranker import RankerConfig
     from pinrank.snapshot import SnapshotError
+    from pinrank.train.pinnerformer import pinnerformer_train_cut_ms
     from pinrank.train.ranker import TrainConfig, train_ranker
     from pinrank.train.ranker_cost import gflop_per_request, ms_per_request
     from pinrank.train.ranker_data import build_ranker_data
@@ -97,12 +116,18 @@ def main(data: Path, pinnerformer: Path, out: Path, work: Path, steps: int, thre
     t_all = time.time()
     try:
         ds = load_dataset(data)
-        snaps = build_daily_snapshots(pinnerformer, ds, int(ds.meta["start_ms"]), int(ds.meta["end_ms"]))
-        train, evaluation = build_ranker_data(ds, snaps).split(ds.train_end_ms)
+        cut = pinnerformer_train_cut_ms(pinnerformer)
+        start = ranker_train_start(ds.train_end_ms, resolve_cut(train_start, ds) if train_start else None, cut)
+        assert start is not None  # a PinnerFormer is always given, so its cut bounds the start
+        snaps = build_daily_snapshots(pinnerformer, ds, start, int(ds.meta["end_ms"]))
+        train, evaluation = ranker_periods(build_ranker_data(ds, snaps), ds.train_end_ms, start, cut)
     except (DatasetError, SnapshotError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     if evaluation.num_impressions == 0:
         raise click.ClickException(f"{data}: no impressions after train_end_ms to evaluate on")
+    click.echo(f"PinnerFormer trained before {format_ms(cut)}; rankers train on {train.num_requests} requests "
+               f"from {format_ms(start)} to {format_ms(ds.train_end_ms)} (known users {train.user_known.mean():.1%}), "
+               f"evaluate on {evaluation.num_requests} (known users {evaluation.user_known.mean():.1%})")
     progress = sys.stderr.isatty()
     rows: dict[str, Any] = {}
     for name, overrides in VARIANTS.items():
@@ -121,7 +146,10 @@ def main(data: Path, pinnerformer: Path, out: Path, work: Path, steps: int, thre
                    f"{r['hit_at_3']['hide']:.4f} | {r['gflop_per_request']:.3f} GFLOP {r['ms_per_request']:.1f} ms "
                    f"@N=500 | {r['train_seconds']:.0f} s")
     report = {"data": str(data), "pinnerformer": str(pinnerformer), "steps": steps,
-              "eval_requests": evaluation.num_requests, "threads": threads, "variants": rows,
+              "pinnerformer_train_cut_ms": cut, "train_start_ms": start, "train_end_ms": ds.train_end_ms,
+              "train_requests": train.num_requests, "eval_requests": evaluation.num_requests,
+              "known_users": {"train": float(train.user_known.mean()), "eval": float(evaluation.user_known.mean())},
+              "threads": threads, "variants": rows,
               "total_seconds": round(time.time() - t_all, 1)}
     click.echo(write_report(out, report, render_markdown(report)))
 

@@ -84,10 +84,12 @@ class RankerData:
             offsets=offsets,
         )
 
-    def split(self, train_end_ms: int) -> "tuple[RankerData, RankerData]":
-        """Time-based split: requests before train_end_ms train, the rest evaluate."""
+    def split(self, train_end_ms: int, train_start_ms: int | None = None) -> "tuple[RankerData, RankerData]":
+        """Time-based split: requests in [train_start_ms, train_end_ms) train, those
+        from train_end_ms on evaluate; any before train_start_ms are dropped."""
         before = self.ts_ms < train_end_ms
-        return self.select(np.flatnonzero(before)), self.select(np.flatnonzero(~before))
+        train = before if train_start_ms is None else before & (self.ts_ms >= train_start_ms)
+        return self.select(np.flatnonzero(train)), self.select(np.flatnonzero(~before))
 
     def torch_batch(self, requests: np.ndarray, trim: bool = True) -> dict[str, torch.Tensor]:
         """Tensors for Ranker.forward over the given requests (+ `labels`).

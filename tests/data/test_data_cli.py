@@ -78,3 +78,34 @@ def test_import_real_movielens(tmp_path, shared_data):
     assert result.exit_code == 0, result.output
     result = run("validate", str(tmp_path / "ml"))
     assert result.exit_code == 0 and "source: movielens" in result.output
+
+
+def test_import_per_user_split_then_validate(tmp_path):
+    src = tmp_path / "ml"
+    src.mkdir()
+    # ML-1M layout, no movies.dat: every movie's topic is "(unknown)".
+    rows = [f"{u}::{10 + i}::{1 + (u + i) % 5}::{978300760 + 60 * i}" for u in (1, 2, 3) for i in range(5)]
+    (src / "ratings.dat").write_text("\n".join(rows) + "\n")
+    result = run("import", "--format", "movielens", "--src", str(src), "--out", str(tmp_path / "o"),
+                 "--split", "per-user", "--negatives", "2")
+    assert result.exit_code == 0, result.output
+    result = run("validate", str(tmp_path / "o"))
+    assert result.exit_code == 0, result.output
+    assert "split per user (3 user cuts, first 0.8 of each user's actions): train 12 actions, eval 3" in result.output
+    result = run("import", "--format", "movielens", "--src", str(src), "--out", str(tmp_path / "o"),
+                 "--split", "by-day")
+    assert result.exit_code == 2 and "Invalid value for '--split'" in result.output
+
+
+def test_import_help_documents_variants_and_split():
+    out = run("import", "--help").output
+    for word in ("ratings.csv", "ratings.dat", "u.data", "u.item", "--split", "per-user"):
+        assert word in out
+
+
+def test_import_wrong_layout_is_a_clean_error(tmp_path):
+    (tmp_path / "ml").mkdir()
+    (tmp_path / "ml" / "u.data").write_text("1,10,4,978300760\n" * 1000)
+    result = run("import", "--format", "movielens", "--src", str(tmp_path / "ml"), "--out", str(tmp_path / "o"))
+    _clean_error(result)
+    assert "u.data:1: expected" in result.output

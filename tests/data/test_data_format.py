@@ -158,3 +158,48 @@ def test_corrupt_parquet(saved):
     (saved / "impressions.parquet").write_bytes(b"not parquet")
     with pytest.raises(DatasetError, match="impressions.parquet: not a readable Parquet file"):
         load_dataset(saved)
+
+
+def _with_user_cuts() -> Dataset:
+    ds = tiny()
+    # Unsorted on purpose: save_dataset writes them sorted by user.
+    ds.user_train_end_ms = {"user_id": np.array([2, 1], dtype=np.int64),
+                            "train_end_ms": np.array([1_700_000_000_700, 1_700_000_001_500], dtype=np.int64)}
+    return ds
+
+
+def test_user_cuts_round_trip_and_lookup(tmp_path):
+    path = save_dataset(_with_user_cuts(), tmp_path / "ds")
+    ds = load_dataset(path)
+    assert ds.user_train_end_ms["user_id"].tolist() == [1, 2]
+    assert ds.user_train_end_ms["train_end_ms"].tolist() == [1_700_000_001_500, 1_700_000_000_700]
+    assert ds.user_train_end_ms["user_id"].dtype == np.int64
+    # Users without their own cut fall back to meta train_end_ms.
+    assert ds.train_cut_ms(np.array([2, 3, 1, 0])).tolist() == [
+        1_700_000_000_700, 1_700_000_002_000, 1_700_000_001_500, 1_700_000_002_000]
+    assert load_dataset(save_dataset(tiny(), tmp_path / "plain")).train_cut_ms(np.array([1])).tolist() == [
+        1_700_000_002_000]
+    # Saving without cuts removes a stale file from an earlier save.
+    save_dataset(tiny(), path)
+    assert not (path / "user_cuts.parquet").exists() and load_dataset(path).user_train_end_ms is None
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        (pa.table({"user_id": pa.array([2, 1], pa.int64()), "train_end_ms": pa.array([5, 6], pa.int64())}),
+         "user_cuts.parquet: user_id must be sorted and unique"),
+        (pa.table({"user_id": pa.array([1, 1], pa.int64()), "train_end_ms": pa.array([5, 6], pa.int64())}),
+         "user_cuts.parquet: user_id must be sorted and unique"),
+        (pa.table({"user_id": pa.array([1, 2], pa.int64()), "train_end_ms": pa.array([5, None], pa.int64())}),
+         "user_cuts.parquet: column 'train_end_ms' has 1 nulls"),
+        (pa.table({"user_id": pa.array(["a", "b"]), "train_end_ms": pa.array([5, 6], pa.int64())}),
+         "user_cuts.parquet: column 'user_id' has type string, expected int64"),
+        (pa.table({"user_id": pa.array([1, 2], pa.int64())}),
+         "user_cuts.parquet: missing column 'train_end_ms'"),
+    ],
+)
+def test_bad_user_cuts(saved, table, message):
+    pq.write_table(table, saved / "user_cuts.parquet")
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(saved)

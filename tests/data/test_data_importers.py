@@ -11,6 +11,8 @@ import pytest
 from pinrank import schema
 from pinrank.data.dataset import DatasetError, load_dataset
 from pinrank.data.importers import (
+    ML100K_GENRES,
+    UNKNOWN_GENRE,
     build_movielens,
     build_rees46,
     build_taobao,
@@ -60,11 +62,14 @@ def test_movielens_small_mapping(tmp_path):
     assert a["user_id"].tolist() == [1, 1, 1, 2, 2, 2]
     assert a["item_id"].tolist() == [10, 30, 20, 10, 40, 30]
     assert a["action"].tolist() == [A["save"], A["click"], A["hide"], A["click"], A["save"], A["closeup"]]
-    assert a["ts_ms"][0] == 964982703000 and (a["surface"] == schema.SURFACE_IDS["home"]).all()
-    assert ds.item_ids.tolist() == [10, 20, 30, 40, 50]  # the whole catalogue, engaged or not
+    # Item 30 shares item 10's second: it follows 2 ms later (ties by item id).
+    assert a["ts_ms"][:2].tolist() == [964982703000, 964982703002]
+    assert (a["surface"] == schema.SURFACE_IDS["home"]).all()
+    assert ds.item_ids.tolist() == [10, 20, 30, 40]  # items in the log; 50 is only in movies.csv
     names = ds.meta["topic_names"]
-    assert names == sorted(names)
-    assert [names[t] for t in ds.item_topic] == ["Comedy", "Action", "Drama", "(no genres listed)", "Action"]
+    assert names == sorted(names) and UNKNOWN_GENRE not in names  # every logged movie has a genre
+    assert [names[t] for t in ds.item_topic] == ["Comedy", "Action", "Drama", "(no genres listed)"]
+    assert ds.meta["variant"] == "csv" and ds.meta["files"] == ["ratings.csv", "tags.csv", "movies.csv"]
     im = ds.impressions
     assert im["ts_ms"].size == 6 * 3 and np.unique(im["request_id"]).size == 6
     for rid in np.unique(im["request_id"]):
@@ -75,7 +80,7 @@ def test_movielens_small_mapping(tmp_path):
     first = im["labels"].sum(axis=1) == 1
     assert sorted((im["ts_ms"][first] + 1).tolist()) == sorted(a["ts_ms"].tolist())
     assert im["labels"][:, H["hide"]].sum() == 1 and im["labels"][:, H["closeup"]].sum() == 1
-    assert ds.item_emb.shape == (5, schema.ITEM_EMB_DIM) and np.isfinite(ds.item_emb).all()
+    assert ds.item_emb.shape == (4, schema.ITEM_EMB_DIM) and np.isfinite(ds.item_emb).all()
     assert ds.meta["bad_rows"]["count"] == 0
     assert ds.meta["start_ms"] <= ds.train_end_ms <= ds.meta["end_ms"]
 
@@ -117,7 +122,8 @@ def test_movielens_missing_files(tmp_path):
         build_movielens(tmp_path / "nope")
     ml = movielens_dir(tmp_path)
     (ml / "ratings.csv").unlink()
-    with pytest.raises(DatasetError, match="ratings.csv: missing"):
+    with pytest.raises(DatasetError, match=r"no MovieLens ratings file; looked for ratings.csv .*ratings.dat"
+                                           r" .*u.data \(ml-100k\)"):
         build_movielens(ml)
 
 
@@ -129,14 +135,18 @@ def test_movielens_real(tmp_path, shared_data):
     assert ds.actions["ts_ms"].size == 100_836 + 3_683
     assert counts["closeup"] == 3_683
     assert counts["save"] + counts["click"] + counts["hide"] == 100_836
+    # 9,724 rated movies + 18 only tagged; movies.csv lists the same 9,742.
     assert np.unique(ds.actions["user_id"]).size == 610 and ds.num_items == 9_742
     assert ds.meta["source"] == "movielens" and "Drama" in ds.meta["topic_names"]
     train_share = (ds.actions["ts_ms"] < ds.train_end_ms).mean()
     assert 0.75 < train_share < 0.85
-    # Ties in time are broken by item id within a user.
+    # Times are strictly increasing per user; a 2 ms gap only arises from a
+    # tie (raw times are whole seconds), and ties are ordered by item id.
     a = ds.actions
-    same = (np.diff(a["user_id"]) == 0) & (np.diff(a["ts_ms"]) == 0)
-    assert same.any() and (np.diff(a["item_id"])[same] >= 0).all()
+    same_user = np.diff(a["user_id"]) == 0
+    assert (np.diff(a["ts_ms"])[same_user] > 0).all()
+    tie = same_user & (np.diff(a["ts_ms"]) == 2)
+    assert tie.sum() > 10_000 and (np.diff(a["item_id"])[tie] >= 0).all()
     assert ds.impressions["ts_ms"].size == 5 * a["ts_ms"].size
     # Items never engaged in train sit at their topic's mean embedding.
     pos = np.isin(a["action"], [A[x] for x in schema.POSITIVE_ACTIONS]) & (a["ts_ms"] < ds.train_end_ms)
@@ -153,6 +163,220 @@ def test_movielens_real(tmp_path, shared_data):
     same_topic = ds.item_topic[x] == ds.item_topic[y]
     cos = (emb[x] * emb[y]).sum(axis=1)
     assert cos[same_topic].mean() > cos[~same_topic].mean()
+
+
+def _write_latin1(path: Path, lines: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    return path
+
+
+def test_movielens_1m_10m_dat(tmp_path):
+    ml = tmp_path / "ml-1m"
+    _write_latin1(ml / "ratings.dat", [
+        "1::10::5::978300760",
+        "1::20::3::978300760",
+        "1::30::1::978302109",
+        "2::20::4::978301968",
+        "2::40::2::978302000",
+    ])
+    # Latin-1 titles (not valid UTF-8) and a title holding the separator.
+    _write_latin1(ml / "movies.dat", [
+        "10::Café au lait (1993)::Comedy|Drama",
+        "20::Amélie (2001)::Romance",
+        "30::Odd::Title (1990)::Horror",
+        "99::Never Rated (2000)::Western",
+    ])
+    # ML-10M's tags.dat; a tag may itself hold '::'.
+    _write_latin1(ml / "tags.dat", ["2::10::très bien::978303000", "2::30::a::b::978304000"])
+    ds = build_movielens(ml, negatives=1)
+    a = ds.actions
+    assert a["user_id"].tolist() == [1, 1, 1, 2, 2, 2, 2]
+    assert a["item_id"].tolist() == [10, 20, 30, 20, 40, 10, 30]
+    assert a["action"].tolist() == [A["save"], A["click"], A["hide"], A["save"], A["hide"],
+                                    A["closeup"], A["closeup"]]
+    assert ds.item_ids.tolist() == [10, 20, 30, 40]  # 99 is never rated: not in the catalogue
+    names = ds.meta["topic_names"]
+    assert [names[t] for t in ds.item_topic] == ["Comedy", "Romance", "Horror", UNKNOWN_GENRE]  # 40: no movie row
+    assert ds.meta["variant"] == "ml-1m/ml-10m"
+    assert ds.meta["files"] == ["ratings.dat", "tags.dat", "movies.dat"]
+
+
+def test_movielens_100k(tmp_path):
+    ml = tmp_path / "ml-100k"
+    _write(ml / "u.data", ["196\t242\t3\t881250949", "186\t302\t3\t891717742", "196\t302\t5\t881250949",
+                           "22\t377\t1\t878887116", "22\t242\t4\t878887116"])
+    flags = {242: [0, 0, 0, 0, 0, 1, 0, 0, 1] + [0] * 10,  # Comedy, Drama -> Comedy (first flagged)
+             302: [0] * 16 + [1, 0, 0],  # Thriller
+             377: [0] * 19}  # no genre flagged
+    _write_latin1(ml / "u.item", [f"{i}|Caf\u00e9 {i} (1996)|01-Jan-1996||http://x|" + "|".join(map(str, f))
+                                  for i, f in flags.items()])
+    ds = build_movielens(ml, negatives=1)
+    assert ds.meta["variant"] == "ml-100k" and ds.meta["files"] == ["u.data", "u.item"]
+    assert ds.actions["user_id"].tolist() == [22, 22, 186, 196, 196]
+    assert ds.actions["action"].tolist() == [A["save"], A["hide"], A["click"], A["click"], A["save"]]
+    names = ds.meta["topic_names"]
+    assert [names[t] for t in ds.item_topic] == ["Comedy", "Thriller", UNKNOWN_GENRE]
+
+    # u.genre names the flags (here in a language of its own).
+    _write(ml / "u.genre", [f"g{i}|{i}" for i in range(19)] + [""])
+    ds = build_movielens(ml, negatives=1)
+    assert ds.meta["files"] == ["u.data", "u.genre", "u.item"]
+    assert [ds.meta["topic_names"][t] for t in ds.item_topic] == ["g5", "g16", UNKNOWN_GENRE]
+    _write(ml / "u.genre", ["a|0", "b|1"])  # two genres: u.item's 19 flags no longer fit
+    with pytest.raises(DatasetError, match=r"u.item:1: expected 'movie id\|movie title.*\|a\|b' \(7 fields"):
+        build_movielens(ml)
+
+
+def test_movielens_csv_without_movies_file(tmp_path):
+    ml = movielens_dir(tmp_path)
+    (ml / "movies.csv").unlink()
+    ds = build_movielens(ml, negatives=1)
+    assert ds.meta["topic_names"] == [UNKNOWN_GENRE] and (ds.item_topic == 0).all()
+    assert ds.item_ids.tolist() == [10, 20, 30, 40] and ds.meta["files"] == ["ratings.csv", "tags.csv"]
+
+
+@pytest.mark.parametrize(
+    "name, first_line, message",
+    [
+        ("ratings.dat", "1,10,4.0,964982703",
+         r"ratings.dat:1: expected 'UserID::MovieID::Rating::Timestamp' \(4 fields separated by '::'\), "
+         r"got '1,10,4.0,964982703'$"),
+        ("u.data", "1::10::4::964982703",
+         r"u.data:1: expected 'user id\\titem id\\trating\\ttimestamp' \(4 fields separated by '\\t'\)"),
+        ("ratings.dat", "UserID::MovieID::Rating::Timestamp",  # a header where none belongs
+         r"ratings.dat:1: expected .*got 'UserID::MovieID::Rating::Timestamp'$"),
+    ],
+)
+def test_movielens_wrong_layout_fails_on_line_one(tmp_path, name, first_line, message):
+    ml = tmp_path / "ml"
+    # 100k lines all as wrong as the first: the import stops at line 1.
+    _write(ml / name, [first_line] * 100_000)
+    for skip in (False, True):  # a wrong file is never a skippable bad row
+        with pytest.raises(DatasetError, match=message) as err:
+            build_movielens(ml, skip_bad_rows=skip)
+        assert f"{name}:2" not in str(err.value)
+
+
+def test_movielens_csv_wrong_first_data_line_fails_before_reading_on(tmp_path):
+    ml = tmp_path / "ml"
+    ml.mkdir()
+    # Tab-separated rows under a CSV header; a non-UTF-8 byte at the end
+    # proves the importer stopped before reading that far.
+    body = "\n".join(["1\t10\t4.0\t964982703"] * 100_000).encode() + b"\n\xff\n"
+    (ml / "ratings.csv").write_bytes(b"userId,movieId,rating,timestamp\n" + body)
+    with pytest.raises(DatasetError, match=r"ratings.csv:2: expected 'userId,movieId,rating,timestamp' "
+                                           r"\(4 fields separated by ','\), got '1\\t10\\t4.0\\t964982703'"):
+        build_movielens(ml)
+    (ml / "ratings.csv").write_bytes(b"userId,movieId,rating,timestamp\n1,10,4.0,964982703\n1,\xe9,4.0,1\n")
+    with pytest.raises(DatasetError, match="ratings.csv: not UTF-8 text"):
+        build_movielens(ml)
+
+
+def test_movielens_wrong_optional_file_fails_on_line_one(tmp_path):
+    ml = movielens_dir(tmp_path)
+    (ml / "ratings.csv").rename(ml / "other.csv")
+    _write(ml / "ratings.dat", ["1::10::4::964982703"])
+    _write(ml / "movies.dat", ["10,Heat (1995),Action"])
+    with pytest.raises(DatasetError, match=r"movies.dat:1: expected 'MovieID::Title::Genres'"):
+        build_movielens(ml)
+
+
+def test_ties_become_strictly_increasing_per_user(tmp_path):
+    t = 964982703
+    ml = movielens_dir(tmp_path, tags=[], ratings=[
+        f"1,30,4.0,{t}", f"1,10,4.0,{t}", f"1,20,4.0,{t}",  # three in one second
+        f"1,40,4.0,{t + 1}",  # 1 s later: already after the ties, kept as is
+        f"2,10,4.0,{t}", f"2,20,4.0,{t}",  # another user's ties start over from the raw time
+    ])
+    ds = build_movielens(ml, negatives=1)
+    a = ds.actions
+    assert a["item_id"].tolist() == [10, 20, 30, 40, 10, 20]
+    base = t * 1000
+    assert a["ts_ms"].tolist() == [base, base + 2, base + 4, base + 1000, base, base + 2]
+    assert ds.meta["tie_break"] == "strictly increasing per user (+2 ms)"
+    # Each request (1 ms before its action) comes after the user's previous action.
+    im = ds.impressions
+    req_ts = np.unique(im["ts_ms"][im["user_id"] == 1])
+    assert req_ts.tolist() == [base - 1, base + 1, base + 3, base + 999]
+
+
+def test_ties_cascade_past_the_next_raw_time(tmp_path):
+    """600 actions in one second spill past the next second's action, which
+    still follows them: order is kept, times stay strictly increasing."""
+    t = 964982703
+    ml = movielens_dir(tmp_path, tags=[], ratings=[f"1,{i},4.0,{t}" for i in range(1, 601)] + [f"1,9999,4.0,{t + 1}"])
+    ts = build_movielens(ml, negatives=1).actions["ts_ms"]
+    assert ts[-1] == t * 1000 + 1200 and (np.diff(ts) == 2).all()
+
+
+def test_per_user_split(tmp_path):
+    t = 964982703
+    rows = ["1,10,4.0,%d" % t]  # one action: it trains
+    rows += ["2,%d,4.0,%d" % (10 + i, t + i) for i in range(2)]  # two: one each side
+    rows += ["3,%d,4.0,%d" % (10 + i, t + 100 * i) for i in range(5)]  # 4 train, 1 held out
+    rows += ["4,%d,4.0,%d" % (10 + i, t + 50 * i) for i in range(10)]  # 8 train, 2 held out
+    ml = movielens_dir(tmp_path, ratings=rows, tags=[])
+    ds = build_movielens(ml, negatives=1, split="per-user", train_fraction=0.8)
+    cuts = ds.user_train_end_ms
+    assert cuts["user_id"].tolist() == [1, 2, 3, 4]
+    end = ds.meta["end_ms"]
+    assert cuts["train_end_ms"].tolist() == [end, (t + 1) * 1000, (t + 400) * 1000, (t + 400) * 1000]
+    assert ds.meta["split"] == {"kind": "per_user", "train_fraction": 0.8}
+    assert ds.meta["counts"]["train_actions"] == 1 + 1 + 4 + 8
+    a = ds.actions
+    in_train = a["ts_ms"] < ds.train_cut_ms(a["user_id"])
+    assert [int(in_train[a["user_id"] == u].sum()) for u in (1, 2, 3, 4)] == [1, 1, 4, 8]
+    assert ds.meta["start_ms"] <= ds.train_end_ms <= end  # the global cut stays for older code paths
+    assert ds.train_cut_ms(np.array([4, 77])).tolist() == [(t + 400) * 1000, ds.train_end_ms]
+
+    path = import_source("movielens", ml, tmp_path / "out", negatives=1, split="per-user")
+    loaded = load_dataset(path)
+    assert np.array_equal(loaded.user_train_end_ms["train_end_ms"], cuts["train_end_ms"])
+    # Re-importing with the global split leaves no stale per-user cuts behind.
+    loaded = load_dataset(import_source("movielens", ml, tmp_path / "out", negatives=1))
+    assert loaded.user_train_end_ms is None and loaded.meta["split"]["kind"] == "global"
+    with pytest.raises(DatasetError, match="unknown split 'per_user'"):
+        build_movielens(ml, split="per_user")
+
+
+def test_per_user_split_trains_embeddings_on_train_rows(tmp_path):
+    """Item 99 is engaged only as users' last (held-out) actions, all before
+    the global cut: under the per-user split it is unseen in training."""
+    t = 964982703
+    rows = []
+    for user in range(1, 6):
+        rows += ["%d,%d,5.0,%d" % (user, 10 + i, t + 10 * user + i) for i in range(4)]
+        rows.append("%d,99,5.0,%d" % (user, t + 10 * user + 5))
+    rows += ["9,%d,5.0,%d" % (10 + i, t + 1000 + i) for i in range(20)]  # late rows push the global cut
+    ml = movielens_dir(tmp_path, ratings=rows, tags=[])
+    (ml / "movies.csv").unlink()  # one topic for all: unseen items get the mean of all seen ones
+    per_user = build_movielens(ml, negatives=1, split="per-user")
+    global_ = build_movielens(ml, negatives=1)
+    assert global_.actions["ts_ms"][global_.actions["item_id"] == 99].max() < global_.train_end_ms
+    row_99 = int(np.searchsorted(per_user.item_ids, 99))
+    a = per_user.actions
+    seen = np.isin(per_user.item_ids, a["item_id"][a["ts_ms"] < per_user.train_cut_ms(a["user_id"])])
+    assert not seen[row_99]
+    assert np.allclose(per_user.item_emb[row_99], per_user.item_emb[seen].mean(axis=0), atol=1e-5)
+    assert not np.allclose(global_.item_emb[row_99], global_.item_emb[seen].mean(axis=0), atol=1e-3)
+
+
+def test_movielens_100k_real(tmp_path, shared_data):
+    src = shared_data("ml-100k")
+    ds = load_dataset(import_source("movielens", src, tmp_path / "ml", split="per-user"))
+    a = ds.actions
+    assert np.unique(a["user_id"]).size == 943 and a["user_id"].size == 100_000 and ds.num_items == 1_682
+    names = ds.meta["topic_names"]
+    assert set(names) <= set(ML100K_GENRES) and 17 <= len(names) <= 19
+    assert ds.meta["variant"] == "ml-100k" and ds.meta["bad_rows"]["count"] == 0
+    assert (np.diff(a["ts_ms"])[np.diff(a["user_id"]) == 0] > 0).all()
+    # Every user has >= 20 ratings: each keeps exactly floor(0.8 n) for training.
+    users, counts = np.unique(a["user_id"], return_counts=True)
+    assert np.array_equal(ds.user_train_end_ms["user_id"], users)
+    in_train = a["ts_ms"] < ds.train_cut_ms(a["user_id"])
+    assert np.array_equal(np.bincount(np.searchsorted(users, a["user_id"][in_train])),
+                          np.floor(0.8 * counts + 1e-9).astype(int))
 
 
 # --- Taobao ----------------------------------------------------------------------

@@ -217,7 +217,8 @@ def test_torchrun_cli_trains_both_models(tmp_path):
     pf, ranker = tmp_path / "pf.pt", tmp_path / "ranker.pt"
     out = torchrun(["-m", "pinrank.cli", "train", "pinnerformer", "--data", str(data), "--out", str(pf),
                     "--steps", "3", "--batch-size", "8", "--layers", "1", "--hidden", "32", "--heads", "2",
-                    "--no-progress", "--no-eval", "--curve", str(tmp_path / "pf.png"), "--backend", "gloo"])
+                    "--no-progress", "--no-eval", "--curve", str(tmp_path / "pf.png"), "--backend", "gloo",
+                    "--train-cut", "0.5"])
     assert out.count("checkpoint ") == 1, out  # rank 0 alone reports
     model, ckpt = load_pinnerformer(pf)
     assert ckpt["step"] == 3 and model.config.num_layers == 1

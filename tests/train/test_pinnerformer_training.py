@@ -237,3 +237,92 @@ def test_cli_train_and_errors(tmp_path, toy):
 
     res = runner.invoke(main, ["train", "pinnerformer", "--help"])
     assert res.exit_code == 0 and "--resume" in res.output
+
+
+# --- next-item recipe pieces: grouped encoding, exact softmax, label actions ----------
+
+
+def test_grouped_encoding_equals_one_padded_forward(toy):
+    from pinrank.models.pinnerformer import to_tensors
+    from pinrank.train.pinnerformer import draw_batch, encode_pairs
+
+    model = PinnerFormer(SMALL_MODEL, toy.item_emb).eval()
+    cfg = replace(FAST, objective="sasrec")
+    batch, _neg = draw_batch(make_sampler(toy, SMALL_MODEL, cfg), np.random.default_rng(1), cfg, "mixed", toy.num_items)
+    with torch.no_grad():
+        grouped = encode_pairs(model, batch.inputs, batch.row, batch.col)
+        whole = model.encode(**to_tensors(batch.inputs))[torch.from_numpy(batch.row), torch.from_numpy(batch.col)]
+    torch.testing.assert_close(grouped, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_training_attention_kernel_matches_the_export_path(toy):
+    from pinrank.models.pinnerformer import to_tensors
+
+    model = PinnerFormer(SMALL_MODEL, toy.item_emb)  # dropout 0: train and eval differ only in the kernel
+    batch = make_sampler(toy, SMALL_MODEL, FAST).sample(np.random.default_rng(2), 8)
+    with torch.no_grad():
+        train_out = model.train().encode(**to_tensors(batch.inputs))
+        eval_out = model.eval().encode(**to_tensors(batch.inputs))
+    assert torch.isfinite(train_out).all()
+    torch.testing.assert_close(train_out, eval_out, atol=1e-5, rtol=1e-5)
+
+
+def test_full_softmax_is_cross_entropy_over_the_catalogue():
+    loss_fn = DenseAllActionLoss(5, init_temperature=0.5, negatives="full")
+    user = torch.nn.functional.normalize(torch.randn(3, 4), dim=1)
+    items = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
+    label = torch.tensor([1, 5, 2])
+    loss, stats = loss_fn.full_softmax(user, label, items)
+    expected = torch.nn.functional.cross_entropy(user @ items[1:].T / 0.5, label - 1)
+    torch.testing.assert_close(loss, expected)
+    assert stats["num_candidates"] == 4
+
+
+def test_full_softmax_training_runs_and_labels_can_include_hides(tmp_path, toy):
+    cfg = replace(FAST, objective="sasrec", negatives="full", label_actions=("click", "save", "hide"))
+    sampler = make_sampler(toy, SMALL_MODEL, cfg)
+    batch = sampler.sample(np.random.default_rng(0), 32)
+    hides = toy.actions["item_id"][toy.actions["action"] == schema.ACTION_IDS["hide"]]
+    assert np.isin(toy.item_ids[batch.label - 1], hides).any()
+    metrics = train_pinnerformer(toy, tmp_path / "full.pt", cfg, SMALL_MODEL, progress=False, evaluate=False)
+    assert np.isfinite(metrics["final_loss"])
+    ckpt = load_checkpoint(tmp_path / "full.pt", "pinnerformer")
+    assert tuple(ckpt["config"]["train"]["label_actions"]) == ("click", "save", "hide")
+
+
+def test_checkpoints_from_before_the_input_id_table_load_without_it():
+    d = SMALL_MODEL.to_dict()
+    d.pop("input_id_embedding")
+    assert PinnerFormerConfig.from_dict(d).input_id_embedding is False
+    assert PinnerFormerConfig().input_id_embedding is True
+
+
+def test_last_window_end_trains_each_users_most_recent_actions(toy):
+    cfg = replace(FAST, objective="sasrec", window_end="last")
+    sampler = make_sampler(toy, SMALL_MODEL, cfg)
+    batch = sampler.sample(np.random.default_rng(3), 16)
+    seq = sampler.seq
+    rows = batch.owner[np.unique(batch.row, return_index=True)[1]]
+    newest = batch.inputs["item_idx"][:, 0]
+    assert (newest == seq.item_idx[seq.offsets[rows + 1] - 1]).all()
+    with pytest.raises(ValueError, match="window_end"):
+        DenseAllActionSampler(seq, sampler.pos, 28, 32, window_end="first")
+
+
+def test_cli_recipe_sets_defaults_and_typed_options_win(tmp_path, toy):
+    from pinrank.cli import main
+
+    data = save_dataset(toy, tmp_path / "data")
+    runner = CliRunner()
+    args = ["train", "pinnerformer", "--data", str(data), "--steps", "2", "--layers", "1", "--hidden", "32",
+            "--no-progress", "--no-eval", "--recipe", "next_item"]
+    res = runner.invoke(main, args + ["--out", str(tmp_path / "a.pt")])
+    assert res.exit_code == 0, res.output
+    cfg = load_checkpoint(tmp_path / "a.pt", "pinnerformer")["config"]
+    assert cfg["train"]["objective"] == "sasrec" and cfg["train"]["negatives"] == "full"
+    assert cfg["train"]["window_end"] == "last" and cfg["model"]["dropout"] == 0.4
+    assert cfg["model"]["num_layers"] == 1 and cfg["train"]["steps"] == 2
+    res = runner.invoke(main, args + ["--out", str(tmp_path / "b.pt"), "--objective", "dense_all_action"])
+    assert res.exit_code == 0, res.output
+    cfg = load_checkpoint(tmp_path / "b.pt", "pinnerformer")["config"]
+    assert cfg["train"]["objective"] == "dense_all_action" and cfg["train"]["negatives"] == "full"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,11 +14,17 @@ from click.testing import CliRunner
 
 from pinrank import schema
 from pinrank.data.dataset import Dataset, save_dataset
+from pinrank.models.pinnerformer import PinnerFormerConfig
 from pinrank.models.ranker import RankerConfig, load_serving_module
 from pinrank.serving.featurize import context_features, featurize_history
 from pinrank.snapshot import UserSnapshot
 from pinrank.train.cli_ranker import train_ranker as train_ranker_cli
 from pinrank.train.common import load_checkpoint
+from pinrank.train.pinnerformer import (
+    PinnerFormerTrainConfig,
+    pinnerformer_train_cut_ms,
+    train_pinnerformer,
+)
 from pinrank.train.ranker import (
     TrainConfig,
     auc,
@@ -28,12 +37,15 @@ from pinrank.train.ranker import (
     weighted_bce,
 )
 from pinrank.train.ranker_data import build_ranker_data, impression_positions
+from pinrank.train.training_cut import check_pinnerformer_cut, ranker_periods, ranker_train_start, resolve_cut
 from pinrank.vocab import ItemVocab
 
 DAY = 86_400_000
 HOUR = 3_600_000
 T0 = 1_767_571_200_000  # 2026-01-05 00:00 UTC
 TOPICS = 4
+#: ../shared/data relative to the repo root (read-only real datasets; absent on some machines).
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
@@ -102,6 +114,11 @@ def random_snapshot(user_ids, as_of_ms: int, seed: int) -> UserSnapshot:
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     cold = np.full(schema.USER_EMB_DIM, float(seed), np.float32)
     return UserSnapshot(np.asarray(user_ids, np.int64), emb, cold, {"as_of_ms": as_of_ms})
+
+
+PF_MODEL = PinnerFormerConfig(num_layers=1, hidden=32, heads=2, max_len=16, item_hidden=32)
+PF_TRAIN = PinnerFormerTrainConfig(steps=2, batch_size=8, positions_per_seq=4, num_random_negatives=32,
+                                   warmup_steps=1, log_every=1, checkpoint_every=1000)
 
 
 @pytest.fixture(scope="module")
@@ -279,14 +296,16 @@ def test_cli_snapshots_dir_and_errors(ds: Dataset, tmp_path):
     random_snapshot(np.arange(60), T0 + DAY, 3).save(snaps / "2026-01-06")
     runner = CliRunner()
     base = ["--data", str(data), "--out", str(tmp_path / "r.pt"), "--steps", "2", "--no-progress"]
-    res = runner.invoke(train_ranker_cli, base + ["--snapshots-dir", str(snaps)])
+    res = runner.invoke(train_ranker_cli, base + ["--snapshots-dir", str(snaps), "--train-start", "2026-01-07"])
     assert res.exit_code == 0, res.output
-    assert "known users" in res.output
+    assert "known users" in res.output and "from 2026-01-07" in res.output
+    assert load_checkpoint(tmp_path / "r.pt", kind="ranker")["extra"]["train_start_ms"] == T0 + 2 * DAY
     for extra, message in [
         ([], "--no-pinnerformer"),
+        (["--snapshots-dir", str(snaps)], "needs --train-start"),
         (["--no-pinnerformer", "--snapshots-dir", str(snaps)], "cannot be combined"),
         (["--snapshots-dir", str(tmp_path / "missing")], "no such snapshot directory"),
-        (["--snapshots-dir", str(tmp_path / "data")], "no snapshots"),
+        (["--snapshots-dir", str(tmp_path / "data"), "--train-start", "0.5"], "no snapshots"),
     ]:
         res = runner.invoke(train_ranker_cli, base + extra)
         assert res.exit_code != 0 and message in res.output, (extra, res.output)
@@ -294,7 +313,9 @@ def test_cli_snapshots_dir_and_errors(ds: Dataset, tmp_path):
 
 
 def test_cli_builds_daily_snapshots_from_pinnerformer(ds: Dataset, tmp_path, monkeypatch):
+    # Patched where the CLI looks them up at call time, so a stub checkpoint file will do.
     import pinrank.embed
+    import pinrank.train.cli_ranker
 
     calls = []
 
@@ -304,6 +325,7 @@ def test_cli_builds_daily_snapshots_from_pinnerformer(ds: Dataset, tmp_path, mon
         return [random_snapshot(np.arange(60), d, i) for i, d in enumerate(days)]
 
     monkeypatch.setattr(pinrank.embed, "build_daily_snapshots", fake_build)
+    monkeypatch.setattr(pinrank.train.cli_ranker, "pinnerformer_train_cut_ms", lambda path: T0 + 3 * DAY)
     data = save_dataset(ds, tmp_path / "data")
     pf = tmp_path / "pf.pt"
     pf.write_bytes(b"stub")  # only its path travels to build_daily_snapshots
@@ -311,11 +333,13 @@ def test_cli_builds_daily_snapshots_from_pinnerformer(ds: Dataset, tmp_path, mon
         "--data", str(data), "--pinnerformer", str(pf), "--snapshots-dir", str(tmp_path / "snaps"),
         "--out", str(tmp_path / "r.pt"), "--steps", "2", "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert calls == [(pf, T0, T0 + 10 * DAY)]
+    # Snapshots from the PinnerFormer's cut on: the ranker trains on nothing earlier.
+    assert calls == [(pf, T0 + 3 * DAY, T0 + 10 * DAY)]
     saved = sorted(p.name for p in (tmp_path / "snaps").iterdir())
-    assert len(saved) == 10 and saved[0] == "2026-01-05"
+    assert len(saved) == 7 and saved[0] == "2026-01-08"
     ckpt = load_checkpoint(tmp_path / "r.pt", kind="ranker")
-    assert ckpt["config"]["ranker"]["use_pinnerformer"] and ckpt["extra"]["snapshots"] == 10
+    assert ckpt["config"]["ranker"]["use_pinnerformer"] and ckpt["extra"]["snapshots"] == 7
+    assert ckpt["extra"]["train_start_ms"] == ckpt["extra"]["pinnerformer_train_cut_ms"] == T0 + 3 * DAY
 
 
 def test_step_schedule_walks_epochs_of_different_lengths():
@@ -329,3 +353,115 @@ def test_step_schedule_walks_epochs_of_different_lengths():
     epochs = np.cumsum([0] + lengths)
     for e in range(6):
         np.testing.assert_array_equal(np.sort(np.concatenate(seen[epochs[e]:epochs[e + 1]])), np.arange(97))
+
+
+# --- the training cut between PinnerFormer and the ranker ----------------------
+
+
+def test_resolve_cut_dates_fractions_and_errors(ds: Dataset):
+    assert resolve_cut("2026-01-08", ds) == T0 + 3 * DAY
+    assert resolve_cut("1", ds) == ds.train_end_ms
+    half = resolve_cut("0.5", ds)
+    assert half % DAY == 0 and T0 < half < ds.train_end_ms
+    ts = ds.actions["ts_ms"][ds.actions["ts_ms"] < ds.train_end_ms]
+    assert np.mean(ts < half) <= 0.5 <= np.mean(ts < half + DAY)  # the midnight before the median action
+    for bad, message in [("0", "(0, 1]"), ("1.5", "(0, 1]"), ("soon", "YYYY-MM-DD"),
+                         ("2026-01-05", "outside the training period"), ("2026-01-13", "outside the training period")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            resolve_cut(bad, ds)
+
+
+def test_ranker_train_start_defaults_to_the_cut_and_refuses_a_leak():
+    end, cut = T0 + 7 * DAY, T0 + 3 * DAY
+    assert ranker_train_start(end, None, cut) == cut
+    assert ranker_train_start(end, T0 + 4 * DAY, cut) == T0 + 4 * DAY
+    assert ranker_train_start(end, T0 + 2 * DAY, None) == T0 + 2 * DAY  # no PinnerFormer: nothing to leak
+    assert ranker_train_start(end, None, None) is None
+    with pytest.raises(ValueError, match="leak: .* up to 2026-01-08, after the ranker's training start 2026-01-07"):
+        ranker_train_start(end, T0 + 2 * DAY, cut)
+    # A PinnerFormer trained on the whole training period leaves the ranker nothing.
+    with pytest.raises(ValueError, match=r"no ranker training period.*--train-cut 0\.5"):
+        ranker_train_start(end, None, end)
+    with pytest.raises(ValueError, match="leak"):
+        check_pinnerformer_cut(cut, cut - 1)
+    check_pinnerformer_cut(cut, cut)
+
+
+def test_ranker_periods_train_from_the_cut_and_evaluate_as_before(ds: Dataset):
+    full = build_ranker_data(ds, None)
+    cut = T0 + 3 * DAY
+    train, ev = ranker_periods(full, ds.train_end_ms, None, cut)
+    assert cut <= train.ts_ms.min() and train.ts_ms.max() < ds.train_end_ms
+    assert train.num_requests == int(((full.ts_ms >= cut) & (full.ts_ms < ds.train_end_ms)).sum())
+    np.testing.assert_array_equal(ev.request_id, full.split(ds.train_end_ms)[1].request_id)
+    np.testing.assert_array_equal(np.diff(train.offsets), np.bincount(train.req_index))
+    with pytest.raises(ValueError, match="no ranker training requests from 2026-01-11"):
+        ranker_periods(full.select(np.flatnonzero(full.ts_ms < T0 + 6 * DAY)), ds.train_end_ms, T0 + 6 * DAY, None)
+
+
+def test_pinnerformer_checkpoint_records_its_cut(ds: Dataset, tmp_path, monkeypatch):
+    import pinrank.train.pinnerformer as pf_train  # patched below to see what the trainer samples from
+
+    seen = []
+    real = pf_train.make_sampler
+    monkeypatch.setattr(pf_train, "make_sampler", lambda d, m, c: seen.append(d.train_end_ms) or real(d, m, c))
+    cut = T0 + 3 * DAY
+    out = tmp_path / "pf.pt"
+    metrics = train_pinnerformer(ds, out, PF_TRAIN, PF_MODEL, progress=False, evaluate=False, train_cut_ms=cut)
+    assert seen == [cut] and metrics["train_cut_ms"] == cut == pinnerformer_train_cut_ms(out)
+    assert load_checkpoint(out, "pinnerformer")["extra"]["dataset_meta"]["train_end_ms"] == ds.train_end_ms
+    with pytest.raises(ValueError, match="trained with cut 2026-01-08, not the requested 2026-01-09"):
+        train_pinnerformer(ds, out, replace(PF_TRAIN, steps=3), resume=True, progress=False, evaluate=False,
+                           train_cut_ms=cut + DAY)
+    train_pinnerformer(ds, out, replace(PF_TRAIN, steps=3), resume=True, progress=False, evaluate=False)
+    assert seen[-1] == cut and pinnerformer_train_cut_ms(out) == cut  # a resumed run keeps its cut
+    with pytest.raises(ValueError, match="outside the training period"):
+        train_pinnerformer(ds, tmp_path / "late.pt", PF_TRAIN, PF_MODEL, train_cut_ms=ds.train_end_ms + DAY)
+    # Checkpoints from before the cut was recorded trained on their dataset's whole training period.
+    assert pinnerformer_train_cut_ms({"extra": {"dataset_meta": {"train_end_ms": 123}}}) == 123
+    with pytest.raises(ValueError, match="records no training cut"):
+        pinnerformer_train_cut_ms({"extra": {}})
+
+
+def test_cli_ranker_trains_after_the_pinnerformer_cut_and_refuses_earlier(ds: Dataset, tmp_path):
+    data = save_dataset(ds, tmp_path / "data")
+    half, whole = tmp_path / "half.pt", tmp_path / "whole.pt"
+    train_pinnerformer(ds, half, PF_TRAIN, PF_MODEL, progress=False, evaluate=False, train_cut_ms=T0 + 3 * DAY)
+    train_pinnerformer(ds, whole, PF_TRAIN, PF_MODEL, progress=False, evaluate=False)
+    runner = CliRunner()
+
+    def run(pf: Path, *extra: str):  # type: ignore[no-untyped-def]
+        return runner.invoke(train_ranker_cli, ["--data", str(data), "--pinnerformer", str(pf), "--out",
+                                                str(tmp_path / "r.pt"), "--steps", "2", "--no-progress", *extra])
+
+    res = run(half)
+    assert res.exit_code == 0, res.output
+    assert "from 2026-01-08" in res.output
+    extra = load_checkpoint(tmp_path / "r.pt", kind="ranker")["extra"]
+    assert extra["train_start_ms"] == extra["pinnerformer_train_cut_ms"] == T0 + 3 * DAY
+    res = run(half, "--train-start", "2026-01-09")
+    assert res.exit_code == 0, res.output
+    for pf, args, message in [(half, ["--train-start", "2026-01-07"], "leak: the PinnerFormer checkpoint"),
+                              (whole, [], "no ranker training period"),
+                              (half, ["--train-start", "2026-01-20"], "outside the training period")]:
+        res = run(pf, *args)
+        assert res.exit_code != 0 and message in res.output, (args, res.output)
+        assert "Traceback" not in res.output
+
+
+def test_cut_on_real_movielens_leaves_both_models_data():
+    path = SHARED_DATA / "ml-latest-small"
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    # Imported here: a real-data import only when the data is there.
+    from pinrank.data.importers import build_movielens
+
+    ml = build_movielens(path)
+    cut = resolve_cut("0.5", ml)
+    ts = ml.actions["ts_ms"][ml.actions["ts_ms"] < ml.train_end_ms]
+    assert 0.4 < np.mean(ts < cut) <= 0.5
+    req_ts = ml.impressions["ts_ms"]
+    assert ranker_train_start(ml.train_end_ms, None, cut) == cut
+    assert ((req_ts >= cut) & (req_ts < ml.train_end_ms)).sum() > 10_000
+    with pytest.raises(ValueError, match="no ranker training period"):
+        ranker_train_start(ml.train_end_ms, None, resolve_cut("1", ml))
