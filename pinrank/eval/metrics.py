@@ -17,7 +17,6 @@ itself), so a constant scorer cannot look good.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterator
 
 import numpy as np
@@ -98,9 +97,4 @@ def window_metrics(split: ProtocolSplit, scorer: Scorer, item_topic: np.ndarray,
             "users": int(split.rows.size)}
 
 
-def nan_safe(x: float) -> float | None:
-    """JSON has no NaN: None instead."""
-    return None if isinstance(x, float) and math.isnan(x) else x
-
-
-__all__ = ["Scorer", "leave_one_out_metrics", "nan_safe", "top_k_lists", "window_metrics"]
+__all__ = ["Scorer", "leave_one_out_metrics", "top_k_lists", "window_metrics"]

@@ -15,7 +15,7 @@ from pinrank.embed import embeddings_at
 from pinrank.eval.metrics import Scorer
 from pinrank.eval.splits import ProtocolSplit
 from pinrank.models.pinnerformer import UserTimelines
-from pinrank.train.pinnerformer_eval import content_item_matrix
+from pinrank.train.pinnerformer_eval import content_item_matrix, history_mean_embeddings
 
 
 def tower_scorer(model: torch.nn.Module, batch_size: int = 64) -> Scorer:
@@ -47,10 +47,7 @@ def history_mean_scorer(train: Dataset) -> Scorer:
     content = content_item_matrix(train)
 
     def score(split: ProtocolSplit, idx: np.ndarray) -> np.ndarray:
-        users = np.zeros((idx.size, content.shape[1]), dtype=np.float32)
-        for j, i in enumerate(idx):
-            m = content[split.seen(int(i))].mean(axis=0)
-            users[j] = m / max(float(np.linalg.norm(m)), 1e-12)
+        users = history_mean_embeddings(split.timelines, split.rows[idx], content, split.ends[idx])
         return users @ content.T
 
     return score

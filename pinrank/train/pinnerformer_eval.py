@@ -98,12 +98,15 @@ def content_item_matrix(ds: Dataset) -> np.ndarray:
     return np.concatenate([np.zeros((1, emb.shape[1]), np.float32), emb.astype(np.float32)])
 
 
-def history_mean_embeddings(hist: UserTimelines, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """[len(rows), D] unit-norm mean of `items[item_idx]` over each timeline row's actions."""
+def history_mean_embeddings(hist: UserTimelines, rows: np.ndarray, items: np.ndarray,
+                            ends: np.ndarray | None = None) -> np.ndarray:
+    """[len(rows), D] unit-norm mean of `items[item_idx]` over each timeline row's actions
+    (those before flat index `ends[i]` when given, else the whole row)."""
     rows = np.asarray(rows, dtype=np.int64)
+    stops = hist.offsets[rows + 1] if ends is None else np.asarray(ends, dtype=np.int64)
     out = np.zeros((rows.size, items.shape[1]), dtype=np.float32)
     for i, r in enumerate(rows):
-        m = items[hist.item_idx[hist.offsets[r]: hist.offsets[r + 1]]].mean(axis=0)
+        m = items[hist.item_idx[hist.offsets[r]: stops[i]]].mean(axis=0)
         out[i] = m / max(float(np.linalg.norm(m)), 1e-12)
     return out
 

@@ -12,10 +12,12 @@ from click.testing import CliRunner
 from pf_data import DAY_MS, START_MS, make_toy_dataset  # tests/ is on sys.path via tests/conftest.py
 from pinrank import schema
 from pinrank.data.dataset import Dataset, save_dataset
-from pinrank.models.pinnerformer import PinnerFormer, PinnerFormerConfig, UserTimelines, load_pinnerformer
+from pinrank.models.pinnerformer import PinnerFormer, PinnerFormerConfig, UserTimelines, load_pinnerformer, to_tensors
 from pinrank.train.common import load_checkpoint, save_checkpoint
 from pinrank.train.pinnerformer import (
     PinnerFormerTrainConfig,
+    draw_batch,
+    encode_pairs,
     evaluate_recall,
     make_sampler,
     train_pinnerformer,
@@ -243,9 +245,6 @@ def test_cli_train_and_errors(tmp_path, toy):
 
 
 def test_grouped_encoding_equals_one_padded_forward(toy):
-    from pinrank.models.pinnerformer import to_tensors
-    from pinrank.train.pinnerformer import draw_batch, encode_pairs
-
     model = PinnerFormer(SMALL_MODEL, toy.item_emb).eval()
     cfg = replace(FAST, objective="sasrec")
     batch, _neg = draw_batch(make_sampler(toy, SMALL_MODEL, cfg), np.random.default_rng(1), cfg, "mixed", toy.num_items)
@@ -256,8 +255,6 @@ def test_grouped_encoding_equals_one_padded_forward(toy):
 
 
 def test_training_attention_kernel_matches_the_export_path(toy):
-    from pinrank.models.pinnerformer import to_tensors
-
     model = PinnerFormer(SMALL_MODEL, toy.item_emb)  # dropout 0: train and eval differ only in the kernel
     batch = make_sampler(toy, SMALL_MODEL, FAST).sample(np.random.default_rng(2), 8)
     with torch.no_grad():

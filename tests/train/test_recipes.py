@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pinrank.models.sasrec import SASRec
-from pinrank.train.recipes import RECIPES, build
+from pinrank.train.recipes import FULL_SOFTMAX_MAX_ITEMS, RECIPES, build
 
 
 def test_build_swaps_only_the_objective():
@@ -24,8 +24,6 @@ def test_every_recipe_builds_its_model():
 
 
 def test_large_catalogues_sample_instead_of_an_exact_softmax():
-    from pinrank.train.recipes import FULL_SOFTMAX_MAX_ITEMS
-
     n = FULL_SOFTMAX_MAX_ITEMS + 1
     _model, cfg = build("next_item", n, np.zeros((n, 32), np.float32))
     assert cfg.negatives == "mixed" and cfg.logq and cfg.max_in_batch_negatives == 1024
