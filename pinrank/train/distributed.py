@@ -18,7 +18,9 @@ Conventions the trainers follow (docs/distributed.md):
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -187,11 +189,28 @@ def from_env(backend: str = "auto") -> DistContext:
     return DistContext(rank, world, local_rank, name, device)
 
 
-def shutdown(ctx: DistContext) -> None:
-    """Leave the process group. No barrier: rank 0 may still evaluate or merge
-    long after the others are done, and a barrier would time out on them."""
-    if ctx.enabled and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+def shutdown(ctx: DistContext, finished: bool = True) -> None:
+    """Leave the process group; after a run that `finished`, all ranks leave together.
+
+    Gloo tears a rank's connections down when it leaves; a rank that left
+    while rank 0 was still evaluating or merging aborted now and then
+    ("terminate called without an active exception", seen in CI), so the
+    ranks first wait for each other in a barrier (bounded by the group's
+    timeout, 30 min by default; a timeout is reported and the rank leaves
+    anyway). Not after an error: the other ranks may be inside a different
+    collective, and torchrun stops them. Objects that still hold the group
+    (a DDP wrapper caught in a reference cycle) are collected first, so the
+    group really ends here rather than during interpreter shutdown.
+    """
+    if not (ctx.enabled and torch.distributed.is_initialized()):
+        return
+    gc.collect()
+    if finished:
+        try:
+            torch.distributed.barrier()
+        except RuntimeError as exc:  # DistBackendError and timeouts are RuntimeErrors
+            print(f"rank {ctx.rank}: leaving without the others ({exc})", file=sys.stderr)
+    torch.distributed.destroy_process_group()
 
 
 @contextmanager
@@ -199,10 +218,12 @@ def distributed_from_env(backend: str = "auto") -> Iterator[DistContext]:
     """`from_env`, and the group left at the end (also on an error: torchrun
     then stops the other ranks)."""
     ctx = from_env(backend)
+    finished = False
     try:
         yield ctx
+        finished = True
     finally:
-        shutdown(ctx)
+        shutdown(ctx, finished)
 
 
 def broadcast_object(obj: Any, ctx: DistContext) -> Any:

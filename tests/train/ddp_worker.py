@@ -12,6 +12,7 @@ training steps of both models.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -120,7 +121,11 @@ def main(out: Path) -> None:
               **{f"pinnerformer-{neg}": pinnerformer_grads(ctx, neg) for neg in NEGATIVES}}
     torch.save(result, out / f"rank{ctx.rank}.pt")
     train_both(out, ctx)
+    if ctx.is_main:  # rank 0 still busy (evaluating, merging) while the others are done
+        time.sleep(1.0)
+        (out / "rank0_done_at").write_text(repr(time.time()))
     shutdown(ctx)
+    (out / f"rank{ctx.rank}_left_at").write_text(repr(time.time()))
 
 
 if __name__ == "__main__":
