@@ -10,7 +10,9 @@
 #   PINRANK_RESTRICTED_APIS   APIs behind the header  (see RESTRICTED below)
 #   PINRANK_MODEL_REPOSITORY  repository path         (/models, where the Dockerfile copies it)
 #   PINRANK_HTTP_PORT / PINRANK_GRPC_PORT / PINRANK_METRICS_PORT   (8000 / 8001 / 8002)
-#   PINRANK_BIND_ADDRESS      (0.0.0.0: a pod is reached on its own IP)
+#   PINRANK_BIND_ADDRESS      (127.0.0.1: clients go through the proxy sidecar,
+#                             deploy/k8s/triton; 0.0.0.0 exposes Triton 2.51's
+#                             crash defects to the network, docs/security.md)
 #   PINRANK_PRINT_COMMAND=1   print the command, one argument a line, and exit
 #                             (tests/deploy use it; the output holds the key)
 #
@@ -27,7 +29,7 @@ set -euo pipefail
 RESTRICTED="model-repository,model-config,shared-memory,trace,logging"
 
 repo=${PINRANK_MODEL_REPOSITORY:-/models}
-addr=${PINRANK_BIND_ADDRESS:-0.0.0.0}
+addr=${PINRANK_BIND_ADDRESS:-127.0.0.1}
 http=${PINRANK_HTTP_PORT:-8000}
 grpc=${PINRANK_GRPC_PORT:-8001}
 metrics=${PINRANK_METRICS_PORT:-8002}

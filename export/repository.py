@@ -35,6 +35,7 @@ from pathlib import Path
 
 from pinrank import schema
 from pinrank.serving.preprocess import ITEM_IDS_FILE, SNAPSHOT_DIR
+from pinrank.serving.ranker_runtime import NUM_ITEMS_KEY
 from pinrank.snapshot import UserSnapshot
 from pinrank.vocab import ItemVocab
 from pinrank.export.configs import ProfileSettings, parse_pbtxt, profile_configs, to_pbtxt
@@ -63,6 +64,7 @@ VENDORED_MODULES = (
     "pinrank.serving.postprocess",
     "pinrank.serving.ranker_runtime",
     "pinrank.serving.backend_metrics",
+    "pinrank.serving.step_inputs",
 )
 
 
@@ -194,7 +196,10 @@ def write_repository(
             (tmp / "manifest.json").write_text(
                 json.dumps({"profile": profile, "version": version, "ranker_runtime": runtime,
                             "pipeline": settings.pipeline,
-                            "ranker_files": sorted(ranker_files), **(manifest or {})}, indent=2, sort_keys=True)
+                            "ranker_files": sorted(ranker_files), **(manifest or {}),
+                            # The ranker refuses indices past its tables (step_inputs); the vocabulary
+                            # it is published with sets their size.
+                            NUM_ITEMS_KEY: len(vocab)}, indent=2, sort_keys=True)
             )
         if settings.pipeline == "ensemble":
             (repo / schema.ENSEMBLE_MODEL / "1").mkdir(parents=True, exist_ok=True)

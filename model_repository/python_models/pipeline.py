@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import triton_python_backend_utils as pb_utils
 
 # The writer vendors the numpy-only serving modules next to model.py, so the
@@ -23,6 +24,7 @@ from pinrank.serving.backend_metrics import RequestCounters, preprocess_request 
 from pinrank.serving.postprocess import top_k  # noqa: E402
 from pinrank.serving.preprocess import Preprocessor  # noqa: E402
 from pinrank.serving.ranker_runtime import load_ranker, model_parameters, runtime_parameter, warm_up  # noqa: E402
+from pinrank.serving.step_inputs import check_probs  # noqa: E402
 
 
 class TritonPythonModel:
@@ -42,9 +44,10 @@ class TritonPythonModel:
                 responses.append(error)
                 continue
             try:
-                probs = self.rank(res.ranker_inputs)
+                probs = np.asarray(self.rank(res.ranker_inputs))
+                check_probs("probs", probs, int(res.ranker_inputs["cand_idx"].shape[0]))
                 out = top_k(res.passthrough["pp_candidate_ids"], probs, int(res.passthrough["pp_top_k"][0]))
-            except Exception as exc:  # ORT and torch raise their own types on shape/type errors
+            except Exception as exc:  # ORT and torch raise their own types; check_probs a non-finite output
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"ranker: {exc}")))
                 continue
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, v) for n, v in out.items()]))

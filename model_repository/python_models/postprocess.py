@@ -1,4 +1,9 @@
-"""Triton Python backend: utility = weighted head sum, then top-k (KIND_CPU)."""
+"""Triton Python backend: utility = weighted head sum, then top-k (KIND_CPU).
+
+Callable directly as well as from the ensemble, so it checks what it gets
+(pinrank.serving.step_inputs): NaN or out-of-range probabilities, a length
+mismatch or a top_k outside 1..MAX_CANDIDATES get a 400 naming the input.
+"""
 
 import sys
 from pathlib import Path
@@ -10,20 +15,24 @@ import triton_python_backend_utils as pb_utils
 VERSION_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(VERSION_DIR / "_vendor"))
 
+from pinrank import schema  # noqa: E402
+from pinrank.serving.backend_metrics import invalid_argument  # noqa: E402
 from pinrank.serving.postprocess import top_k  # noqa: E402
+from pinrank.serving.step_inputs import StepInputError, check_postprocess, request_arrays  # noqa: E402
+
+_INPUTS = [s.name for s in schema.RANKER_OUTPUTS + schema.PASSTHROUGH]
 
 
 class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
-            probs = pb_utils.get_input_tensor_by_name(request, "probs").as_numpy()
-            ids = pb_utils.get_input_tensor_by_name(request, "pp_candidate_ids").as_numpy()
-            k = int(pb_utils.get_input_tensor_by_name(request, "pp_top_k").as_numpy()[0])
             try:
-                out = top_k(ids, probs, k)
-            except ValueError as exc:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+                x = request_arrays(request, _INPUTS)
+                k = check_postprocess(x["probs"], x["pp_candidate_ids"], x["pp_top_k"])
+            except StepInputError as exc:
+                responses.append(invalid_argument(pb_utils, f"{schema.POSTPROCESS_MODEL}: {exc}"))
                 continue
+            out = top_k(x["pp_candidate_ids"], x["probs"], k)
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, v) for n, v in out.items()]))
         return responses

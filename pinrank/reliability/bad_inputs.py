@@ -468,13 +468,39 @@ def _sdk_cases() -> list[Case]:
              _sdk_served("http", [7, 7, 14, 21, 14], 1, 5), served=True),
         Case("sdk_model_listing_without_admin_key", "sdk", "repository index without the admin key",
              _raises(_sdk_list_models_without_key, *err), ("AccessDeniedError", "restricted", "pinrank-admin-key")),
+        # Issue 16 row 9: each must be a PinrankError (not a bare ValueError,
+        # OverflowError or transport error) naming the field or the URL problem.
+        Case("sdk_top_k_beyond_int64", "sdk", "top_k = 2**63",
+             _raises(_sdk_rank(top_k=2**63), PinrankError), ("top_k", "int64")),
+        Case("sdk_user_id_beyond_int64", "sdk", "user_id = 2**64",
+             _raises(_sdk_rank(user_id=2**64), PinrankError), ("user_id", "int64")),
+        Case("sdk_unicode_digit_action", "sdk", "action type '\u0663' (Arabic-Indic three)",
+             _raises(lambda ctx: _sdk_rank(actions=[_action(7, "\u0663", REQ_TS - HOUR_MS)])(ctx), PinrankError),
+             ("unknown action", "ASCII digits")),
+        Case("sdk_superscript_action", "sdk", "action type '\u00b2' (superscript two)",
+             _raises(lambda ctx: _sdk_rank(actions=[_action(7, "\u00b2", REQ_TS - HOUR_MS)])(ctx), PinrankError),
+             ("unknown action",)),
+        Case("sdk_nan_timeout", "sdk", "timeout_s = NaN",
+             _raises(lambda ctx: _sdk_url(ctx, f"grpc://{ctx.grpc_url}", timeout_s=float("nan")), PinrankError),
+             ("timeout_s", "finite")),
+        Case("sdk_url_with_api_path", "sdk", "http://host:port/v2 (the SDK adds the API path)",
+             _raises(lambda ctx: _sdk_url(ctx, f"http://{ctx.http_url}/v2"), PinrankError), ("/v2",)),
+        Case("sdk_http_at_grpc_port", "sdk", "the HTTP client pointed at the gRPC port",
+             _raises(_sdk_http_at_grpc_port, PinrankError), ("InvalidArgumentError", "is it a gRPC port")),
     ]
 
 
-def _sdk_url(ctx: Context, url: str) -> None:
+def _sdk_url(ctx: Context, url: str, **kw: Any) -> None:
     from pinrank_client import RankingClient
 
-    RankingClient(url)
+    RankingClient(url, **kw)
+
+
+def _sdk_http_at_grpc_port(ctx: Context) -> None:
+    from pinrank_client import RankingClient
+
+    with RankingClient(f"http://{ctx.grpc_url}", timeout_s=5, retries=0) as client:
+        client.rank(1, [7], [], request_ts_ms=REQ_TS)
 
 
 def _sdk_timeout(ctx: Context) -> None:

@@ -8,7 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 from pinrank import schema
+from pinrank.serving.step_inputs import StepInputError, request_arrays
 from pinrank_client.validation import InvalidRequestError
+
+_REQUEST_NAMES = [s.name for s in schema.REQUEST_INPUTS]
 
 REQUEST_COUNTERS = (
     ("pinrank_unknown_users_total", "Requests whose user had no snapshot embedding (cold start)"),
@@ -42,18 +45,18 @@ class RequestCounters:
             self.metrics["pinrank_unknown_items_total"].increment(unknown_items)
 
 
+def invalid_argument(pb_utils: Any, message: str) -> Any:
+    """An error response Triton answers with 400 (HTTP) / INVALID_ARGUMENT (gRPC)."""
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
+
+
 def preprocess_request(pb_utils: Any, pre: Any, counters: RequestCounters, request: Any) -> tuple[Any, Any]:
     """(PreprocessResult, None), or (None, an INVALID_ARG error response naming the problem)."""
-    raw = {}
-    for s in schema.REQUEST_INPUTS:
-        t = pb_utils.get_input_tensor_by_name(request, s.name)
-        if t is not None:
-            raw[s.name] = t.as_numpy()
     try:
-        res = pre(raw)
-    except InvalidRequestError as exc:
+        # Every input optional here: validate_request names a missing one.
+        res = pre(request_arrays(request, (), _REQUEST_NAMES))
+    except (InvalidRequestError, StepInputError) as exc:
         counters.rejected()
-        return None, pb_utils.InferenceResponse(
-            error=pb_utils.TritonError(f"invalid request: {exc}", pb_utils.TritonError.INVALID_ARG))
+        return None, invalid_argument(pb_utils, f"invalid request: {exc}")
     counters.served(res.unknown_user, res.unknown_items)
     return res, None

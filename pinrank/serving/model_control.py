@@ -13,11 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
+from pinrank.serving.health import StubProcess, descendants, is_running, process_state, remove_shm_regions
+from pinrank.serving.health import stub_processes as stubs
+
+__all__ = ["StubWatchdog", "StubProcess", "descendants", "stubs", "stub_pids", "zombie_children",
+           "switch_version", "loaded_versions", "pinned_config_json"]
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +48,6 @@ def pinned_config_json(repo: Path, model: str, version: int | Sequence[int], rel
 
 def _write_config(repo: Path, model: str, edit: Any) -> None:
     """Rewrite <repo>/<model>/config.pbtxt through `edit(cfg)` (atomic rename)."""
-    import os
-
     from pinrank.export.configs import parse_pbtxt, to_pbtxt
 
     path = Path(repo) / model / "config.pbtxt"
@@ -121,97 +126,143 @@ def loaded_versions(client: Any, models: tuple[str, ...], headers: dict) -> dict
             for m in models}
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-@dataclass(frozen=True)
-class Stub:
-    pid: int
-    model: str
-    version: str
-    instance: str  # e.g. ranker_0_1: unique per model instance
-
-
-def stubs(server_pid: int) -> list[Stub]:
-    """The Python-backend stub processes under `server_pid`, from their
-    command lines (`<stub> <repo>/<model>/<version>/model.py <shm> ... <instance> ...`)."""
-    out = []
-    for p in descendants(server_pid):
-        with contextlib.suppress(OSError, IndexError):
-            argv = Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace").split("\0")
-            if not argv[0].endswith("triton_python_backend_stub"):
-                continue
-            model_py = Path(argv[1])
-            out.append(Stub(p, model_py.parent.parent.name, model_py.parent.name, argv[8]))
-    return out
-
-
 def stub_pids(server_pid: int, model: str) -> list[int]:
     """Stub processes serving `model`."""
     return [s.pid for s in stubs(server_pid) if s.model == model]
 
 
-class StubWatchdog:
-    """Reload a model whose Python-backend stub count dropped (a stub died).
+def zombie_children(server_pid: int) -> list[int]:
+    """Dead children `server_pid` never reaped. Triton 2.51 leaves the stub
+    of a crashed instance as a zombie for as long as it runs (no memory, one
+    process-table slot each); only its exit frees them."""
+    return [p for p in descendants(server_pid) if process_state(p) == "Z"]
 
-    Needs a server under explicit model control and its admin headers. The
-    reload pins the version the model is serving, so a watchdog restart never
-    doubles as an unintended version switch.
+
+class StubWatchdog:
+    """Reload a model whose Python-backend stub died, and end the stubs the
+    reload replaced.
+
+    Stubs are tracked by pid: one that is gone, a zombie or stopped is lost
+    (instance names repeat across reloads, so they cannot tell an old stub
+    from its replacement). The reload pins the versions the model serves, so
+    a watchdog restart never doubles as a version switch. Triton 2.51 never
+    finishes unloading a model instance whose stub died, so the surviving
+    stubs of the replaced instances would live on (about 40-80 MB each, one
+    set per reload): they get `retire_after_s` to finish in-flight requests,
+    then SIGKILL, and their shared-memory regions are removed.
+
+    Needs a server under explicit model control and its admin headers.
     """
 
     def __init__(self, http_url: str, server_pid: int, repo: Path, models: tuple[str, ...], headers: dict,
-                 interval_s: float = 0.5) -> None:
-        import tritonclient.http as httpclient
+                 interval_s: float = 0.5, retire_after_s: float = 5.0) -> None:
+        import tritonclient.http as httpclient  # here: model_control's helpers above need no client
 
         self.client = httpclient.InferenceServerClient(http_url)
         self.server_pid, self.repo, self.models, self.headers = server_pid, Path(repo), models, headers
-        self.interval_s = interval_s
-        self.expected = self._instances()
+        self.interval_s, self.retire_after_s = interval_s, retire_after_s
+        self.expected: dict[str, dict[int, StubProcess]] = self._running({})
         missing = [m for m in models if not self.expected.get(m)]
         if missing:
             raise ValueError(f"no Python-backend stub found for {missing}: nothing to watch")
         self.reloads: list[dict[str, Any]] = []
+        self.retired_killed = 0
+        self._retired: dict[int, tuple[float, str]] = {}  # pid -> (SIGKILL after, its shm region)
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="stub-watchdog")
 
-    def _instances(self) -> dict[str, set[str]]:
-        out: dict[str, set[str]] = {}
+    def _running(self, exclude: dict[int, object]) -> dict[str, dict[int, StubProcess]]:
+        out: dict[str, dict[int, StubProcess]] = {}
         for stub in stubs(self.server_pid):
-            if stub.model in self.models:
-                out.setdefault(stub.model, set()).add(stub.instance)
+            if stub.model in self.models and stub.pid not in exclude and is_running(stub.pid):
+                out.setdefault(stub.model, {})[stub.pid] = stub
         return out
 
+    def mark_unhealthy(self, instance: str) -> list[int]:
+        """Triton named `instance` unhealthy (e.g. in an answer) while its stub
+        may still exist (hung): kill that stub so the next check replaces it."""
+        with self._lock:
+            victims = [pid for gen in self.expected.values() for pid, s in gen.items() if s.instance == instance]
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return victims
+
+    def _adopt(self, model: str, generation: dict[int, StubProcess]) -> tuple[dict[int, StubProcess], list]:
+        """Follow what someone else did (an admin load, a version switch):
+        stubs of a version no longer loaded, or replaced by a newer process of
+        the same instance, are not lost; stubs of a new instance or version
+        join. Returns (the updated generation, the stubs really lost)."""
+        with self._lock:
+            retired = set(self._retired)
+        running = {pid: s for pid, s in self._running({}).get(model, {}).items() if pid not in retired}
+        covered = {(s.version, s.instance) for pid, s in generation.items() if pid in running}
+        newer = {(s.version, s.instance): s for pid, s in running.items() if pid not in generation}
+        lost = [s for s in generation.values() if s.pid not in running]
+        if lost:
+            versions = set(loaded_versions(self.client, (model,), self.headers)[model])
+            lost = [s for s in lost if s.version in versions and (s.version, s.instance) not in newer]
+        fresh = {pid: s for pid, s in generation.items() if pid in running or s in lost}
+        fresh.update({s.pid: s for key, s in newer.items() if key not in covered})
+        return fresh, sorted(lost, key=lambda s: s.instance)
+
     def check_once(self) -> list[str]:
-        """Reload every model with an instance whose stub is gone; the models reloaded."""
+        """Reload every model with a lost stub, end retired stubs whose grace
+        ran out; the models reloaded."""
+        self._end_retired()
         reloaded = []
-        alive = self._instances()
-        for model, want in self.expected.items():
-            lost = sorted(want - alive.get(model, set()))
+        for model in self.models:
+            with self._lock:
+                generation = dict(self.expected.get(model, {}))
+            generation, lost = self._adopt(model, generation)
+            with self._lock:
+                self.expected[model] = generation
             if not lost:
                 continue
             versions = loaded_versions(self.client, (model,), self.headers)[model]
             if not versions:
-                raise RuntimeError(f"model {model} lost stubs {lost} and has no READY version to reload")
+                raise RuntimeError(f"model {model} lost stubs {[s.instance for s in lost]} and has no READY version")
             t0 = time.monotonic()
-            config = pinned_config_json(self.repo, model, int(versions[-1]), reload_nonce=f"{time.time():.6f}")
+            config = pinned_config_json(self.repo, model, [int(v) for v in versions],
+                                        reload_nonce=f"{time.time():.6f}")
             self.client.load_model(model, headers=self.headers, config=config)
             took = time.monotonic() - t0
-            log.warning("model %s lost the stub of %s: reloaded version %s in %.2f s", model, lost, versions[-1], took)
-            self.reloads.append({"model": model, "lost": lost, "version": versions[-1], "seconds": took})
+            with self._lock:
+                fresh = self._running({**generation, **self._retired}).get(model, {})
+                self.expected[model] = fresh
+                deadline = time.monotonic() + self.retire_after_s
+                for stub in generation.values():
+                    if stub in lost:
+                        continue
+                    self._retired[stub.pid] = (deadline, stub.shm_region)
+            for stub in lost:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stub.pid, signal.SIGKILL)  # a stopped or hung one is still there
+            remove_shm_regions([s.shm_region for s in lost])
+            log.warning("model %s lost the stub of %s: reloaded version(s) %s in %.2f s", model,
+                        [s.instance for s in lost], ",".join(versions), took)
+            self.reloads.append({"model": model, "lost": [s.instance for s in lost], "version": versions[-1],
+                                 "seconds": took, "new_pids": sorted(fresh)})
             reloaded.append(model)
         return reloaded
+
+    def _end_retired(self, force: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = {pid: v for pid, v in self._retired.items() if force or v[0] <= now}
+            for pid in due:
+                del self._retired[pid]
+        for pid in due:
+            if is_running(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                self.retired_killed += 1
+        remove_shm_regions([region for _, region in due.values()])
+
+    def retired_pending(self) -> int:
+        with self._lock:
+            return len(self._retired)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

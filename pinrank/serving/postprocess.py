@@ -20,8 +20,10 @@ def top_k(candidate_ids: np.ndarray, probs: np.ndarray, k: int) -> dict[str, np.
         raise ValueError(
             f"probs must be [{candidate_ids.shape[0]}, {schema.NUM_HEADS}], got {list(probs.shape)}"
         )
+    if int(k) < 1:
+        raise ValueError(f"top_k must be >= 1, got {int(k)}")
     u = utility(probs)
-    k = max(1, min(int(k), u.shape[0]))
+    k = min(int(k), u.shape[0])
     if k < u.shape[0]:
         # Partition keeps this O(N); keeping every tie of the k-th value makes
         # the result identical to a full stable sort.

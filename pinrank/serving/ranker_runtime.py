@@ -103,3 +103,21 @@ def warm_up(rank: RankerFn, candidates: int, count: int) -> None:
     feed = zero_feed(candidates) if count > 0 else {}
     for _ in range(count):
         rank(feed)
+
+
+#: The version manifest key holding the item count the ranker's tables were
+#: built for (export/repository.py writes it from the vocabulary).
+NUM_ITEMS_KEY = "num_items"
+
+
+def manifest_num_items(version_dir: str | Path) -> int:
+    """Items in the ranker's embedding tables (rows = this + 1, row 0 unknown),
+    from the version's manifest.json; ValueError when the manifest lacks it."""
+    path = Path(version_dir) / "manifest.json"
+    try:
+        value = json.loads(path.read_text())[NUM_ITEMS_KEY]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path}: no readable {NUM_ITEMS_KEY!r} ({exc!r}); re-export the repository") from None
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{path}: {NUM_ITEMS_KEY} must be a positive integer, got {value!r}")
+    return value

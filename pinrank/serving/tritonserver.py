@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
+from pinrank.serving.health import is_running, process_group, remove_shm_regions, stub_processes_in_group
 from pinrank_client.admin import ADMIN_HEADER, ADMIN_KEY_ENV, admin_headers
 
 #: Triton API groups that need the admin key. Health, metadata, inference and
@@ -49,6 +50,8 @@ ModelControl = Literal["none", "explicit", "poll"]
 MODEL_CONTROL_MODES: tuple[str, ...] = ("none", "explicit", "poll")
 # Triton splits the option on ':' ',' '='; a key holding them would be cut.
 _KEY_OK = re.compile(r"^[A-Za-z0-9._~+/-]{16,256}$")
+# How a crash shows in the log: Triton's signal handler, an uncaught C++ exception.
+_CRASH_LINE = re.compile(r"^(Signal \(\d+\) received|terminate called|\s+what\(\):)")
 
 
 class ServerError(RuntimeError):
@@ -218,16 +221,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _ready(port: int, timeout: float = 1.0, host: str = "127.0.0.1") -> bool:
+def _http_ok(port: int, path: str, timeout: float = 1.0, host: str = "127.0.0.1") -> bool:
     if host in ("0.0.0.0", "::", ""):  # wildcard binds answer on loopback too
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/v2/health/ready", timeout=timeout) as r:
+        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=timeout) as r:
             return r.status == 200
     except (urllib.error.URLError, OSError, ConnectionError):
         return False
+
+
+def _ready(port: int, timeout: float = 1.0, host: str = "127.0.0.1") -> bool:
+    return _http_ok(port, "/v2/health/ready", timeout, host)
+
+
+def _wait_group_gone(pgid: int, timeout_s: float = 5.0) -> None:
+    """Wait until no running process is left in group `pgid` (SIGKILL is
+    asynchronous; a stub still holding the ports would block a restart)."""
+    deadline = time.monotonic() + timeout_s
+    while any(is_running(p) for p in process_group(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def validate_repository(repo: Path) -> list[str]:
@@ -281,6 +296,8 @@ class TritonServer:
     poll_secs: int = 5
     restricted_apis: tuple[str, ...] = RESTRICTED_APIS
     admin_key_source: str = field(default="", init=False)
+    startup_timeout_s: float = field(default=180.0, init=False)
+    _log_offset: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.model_control not in MODEL_CONTROL_MODES:
@@ -349,13 +366,29 @@ class TritonServer:
         if self.log_path is None:
             self.log_path = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "wb")
+        self.startup_timeout_s = timeout_s
+        self._launch("wb", timeout_s)
+        return self
+
+    def relaunch(self) -> None:
+        """Start again after a crash: same command, ports and key, appending
+        to the log. Skips what `start` already checked (repository integrity,
+        free ports): a restart should take the server's load time, no more."""
+        if self.process is None:
+            raise ServerError("relaunch() before start()")
+        self.kill()
+        self._launch("ab", self.startup_timeout_s)
+
+    def _launch(self, log_mode: str, timeout_s: float) -> None:
+        assert self.log_path is not None
+        log = open(self.log_path, log_mode)
+        self._log_offset = log.tell()  # log_tail reads this run's lines only
         self.process = subprocess.Popen(
             self.command(),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=server_env(),
-            start_new_session=True,  # our Ctrl-C handling decides when it stops
+            start_new_session=True,  # our Ctrl-C handling decides when it stops; kill() ends its group
         )
         log.close()
         deadline = time.monotonic() + timeout_s
@@ -366,20 +399,47 @@ class TritonServer:
                     f"last log lines:\n{self.log_tail()}"
                 )
             if _ready(self.ports.http, host=self.host):
-                return self
-            time.sleep(0.25)
+                return
+            time.sleep(0.05)  # cheap; a restart is measured in tenths of a second
         self.stop()
         raise ServerError(f"tritonserver not ready after {timeout_s:.0f}s; last log lines:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 8) -> str:
         """Error lines (Triton prefixes them with 'E') and model load failures
-        first, since the status table that names them scrolls past the tail."""
+        first, since the status table that names them scrolls past the tail.
+        Only this run's lines: a restarted server appends to the same log."""
         if not self.log_path or not self.log_path.exists():
             return ""
-        text = self.log_path.read_text(errors="replace").splitlines()
-        errors = [t for t in text if t.startswith("E") or "UNAVAILABLE" in t][-10:]
+        with open(self.log_path, "rb") as f:
+            f.seek(self._log_offset)
+            text = f.read().decode(errors="replace").splitlines()
+        errors = [t for t in text if t.startswith("E") or "UNAVAILABLE" in t or _CRASH_LINE.match(t)][-10:]
         tail = [t for t in text[-lines:] if t not in errors]
         return "\n".join(errors + tail)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def exit_code(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def is_live(self, timeout_s: float = 2.0) -> bool:
+        """Does /v2/health/live answer 200 within `timeout_s`?"""
+        return self.is_running() and _http_ok(self.ports.http, "/v2/health/live", timeout_s, self.host)
+
+    def kill(self) -> None:
+        """SIGKILL the server and everything in its process group (its stubs
+        outlive a crashed server otherwise), then remove the shared-memory
+        regions of those stubs, which only a clean shutdown removes."""
+        if self.process is None:
+            return
+        regions = [s.shm_region for s in stub_processes_in_group(self.process.pid)]
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        _wait_group_gone(self.process.pid)
+        remove_shm_regions(regions)
 
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None

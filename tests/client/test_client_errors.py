@@ -8,6 +8,8 @@ from tritonclient.utils import InferenceServerException
 
 from pinrank_client import RankRequest, errors, validation
 from pinrank_client.errors import (
+    AccessDeniedError,
+    InvalidArgumentError,
     InvalidRequestError,
     ModelNotReadyError,
     PinrankError,
@@ -52,6 +54,11 @@ def ise(status, msg):
             "Request for unknown model: 'pinrank' has no available versions",
             ModelNotReadyError,
         ),
+        # The proxy in front of Triton (pinrank.serving.proxy).
+        ("413", "request body larger than 131072 bytes", InvalidRequestError),
+        ("415", "Content-Encoding gzip is not accepted", InvalidRequestError),
+        ("StatusCode.PERMISSION_DENIED", "method not allowed through the proxy", AccessDeniedError),
+        ("StatusCode.UNIMPLEMENTED", "unknown method", InvalidArgumentError),
         ("StatusCode.INTERNAL", "in ensemble 'pinrank', boom", ServerError),
         ("500", "boom", ServerError),
         ("StatusCode.UNKNOWN", "boom", ServerError),
@@ -131,3 +138,79 @@ def test_hierarchy():
     assert errors.PinrankError is PinrankError
     e = InvalidRequestError("m", status="400", raw_message="raw")
     assert (str(e), e.status, e.raw_message) == ("m", "400", "raw")
+
+
+# --- raw transport errors (issue 16, row 9): none escapes as itself ------------------------------
+
+
+def test_an_answer_that_is_not_http_means_the_wrong_port():
+    from geventhttpclient.response import HTTPParseError
+
+    raw = HTTPParseError("Expected HTTP/, RTSP/ or ICE/", 8)
+    mapped = map_exception(raw, url="http://h:8001")
+    assert type(mapped) is InvalidArgumentError and mapped.__cause__ is raw
+    assert str(mapped).startswith("http://h:8001 does not speak HTTP/1.1: is it a gRPC port?")
+    assert "Expected HTTP/" in str(mapped)
+
+
+def test_aiohttp_errors_beyond_connection_errors():
+    aiohttp = pytest.importorskip("aiohttp")
+    from multidict import CIMultiDict, CIMultiDictProxy
+    from yarl import URL
+
+    info = aiohttp.RequestInfo(URL("http://h:8001/v2/health/live"), "GET", CIMultiDictProxy(CIMultiDict()))
+    bad_status = aiohttp.ClientResponseError(info, (), status=400, message="Bad status line:\n  b'\\x00\\x00'")
+    mapped = map_exception(bad_status, url="http://h:8001")
+    assert type(mapped) is InvalidArgumentError and "is it a gRPC port?" in str(mapped)
+    assert "\n" not in str(mapped)  # the quoted binary stays in raw_message
+    assert type(map_exception(aiohttp.ClientPayloadError("truncated"))) is ServerError
+    assert type(map_exception(aiohttp.InvalidURL("h:x"))) is InvalidArgumentError
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:8000: "
+        "Trying to connect an http1.x server",
+        "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:8000: Failed parsing HTTP/2 "
+        "(Expected SETTINGS frame as the first frame, got frame type 79)",
+    ],
+)
+def test_grpc_reaching_an_http_server_means_the_wrong_port(msg):
+    mapped = map_exception(ise("StatusCode.UNAVAILABLE", msg), url="grpc://h:8000")
+    # Not ServerUnavailableError: retrying or failing over would hide a wrong URL.
+    assert type(mapped) is InvalidArgumentError
+    assert str(mapped).startswith("grpc://h:8000 does not speak gRPC (HTTP/2): is it an HTTP port?")
+
+
+def test_a_closed_socket_stays_retryable_with_a_hint():
+    msg = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:8000: Socket closed"
+    mapped = map_exception(ise("StatusCode.UNAVAILABLE", msg), url="grpc://h:8000")
+    assert type(mapped) is ServerUnavailableError
+    assert "is it restarting, or is this not a gRPC port?" in str(mapped)
+
+
+def test_raw_grpc_errors_are_mapped_by_code():
+    grpc = pytest.importorskip("grpc")
+    from grpc.aio import AioRpcError, Metadata
+
+    raw = AioRpcError(grpc.StatusCode.UNAVAILABLE, Metadata(), Metadata(), details="connection reset")
+    mapped = map_exception(raw, url="grpc://h:1")
+    assert type(mapped) is ServerUnavailableError and "connection reset" in str(mapped)
+    raw = AioRpcError(grpc.StatusCode.INVALID_ARGUMENT, Metadata(), Metadata(), details="invalid request: bad")
+    assert type(map_exception(raw)) is InvalidRequestError
+
+
+def test_other_transport_library_errors_are_server_errors():
+    import json
+
+    with pytest.raises(json.JSONDecodeError) as info:
+        json.loads("<html>502</html>")
+    mapped = map_exception(info.value, url="http://h:1")
+    assert type(mapped) is ServerError and "JSONDecodeError" in str(mapped)
+    assert mapped.__cause__ is info.value
+
+
+def test_hierarchy_includes_argument_errors():
+    assert issubclass(InvalidArgumentError, PinrankError) and issubclass(InvalidArgumentError, ValueError)
+    assert not issubclass(InvalidArgumentError, InvalidRequestError)  # the request was fine; the SDK's setup is not

@@ -13,6 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from pinrank_client import (
     AsyncRankingClient,
+    InvalidArgumentError,
     InvalidRequestError,
     ModelNotReadyError,
     PinrankError,
@@ -63,7 +64,7 @@ def test_unavailable_twice_then_success():
     fn, sleeps = Flaky(unavailable(), unavailable()), []
     assert call_with_retries(fn, RetryPolicy(retries=2), pool(), sleep=sleeps.append, rand=lambda: 1.0) == "ok"
     assert len(fn.calls) == 3
-    assert sleeps == [0.05, 0.1]  # exponential from backoff_s, full jitter at rand=1
+    assert sleeps == [0.2, 0.4]  # exponential from backoff_s; the cap itself at rand=1
 
 
 def test_gives_up_after_retries():
@@ -94,8 +95,18 @@ def test_only_unavailable_is_retried(error):
 def test_backoff_is_capped_and_jittered():
     policy = RetryPolicy(retries=10, backoff_s=0.1, max_backoff_s=0.5)
     assert [policy.delay_s(a, 1.0) for a in range(5)] == [0.1, 0.2, 0.4, 0.5, 0.5]
-    assert policy.delay_s(3, 0.0) == 0.0
-    assert policy.delay_s(1, 0.5) == pytest.approx(0.1)
+    assert policy.delay_s(3, 0.0) == 0.25  # equal jitter: never below half the cap
+    assert policy.delay_s(1, 0.5) == pytest.approx(0.15)
+
+
+def test_default_retries_outlast_a_supervised_restart():
+    # pinrank serve brings a crashed tritonserver back in about 1 s
+    # (docs/reliability.md); the default retries must wait longer than that
+    # even at the shortest jitter draw.
+    policy = RetryPolicy()
+    shortest = sum(policy.delay_s(a, 0.0) for a in range(policy.retries))
+    longest = sum(policy.delay_s(a, 1.0) for a in range(policy.retries))
+    assert 1.0 < shortest <= longest < 5.0
 
 
 def test_policy_rejects_nonsense():
@@ -121,7 +132,7 @@ def test_async_retries():
         return fn(endpoint)
 
     result = asyncio.run(acall_with_retries(afn, RetryPolicy(retries=2), pool(), sleep=sleep, rand=lambda: 1.0))
-    assert result == "ok" and sleeps == [0.05, 0.1]
+    assert result == "ok" and sleeps == [0.2, 0.4]
 
 
 def test_on_retry_hook_and_log(caplog):
@@ -130,9 +141,9 @@ def test_on_retry_hook_and_log(caplog):
     with caplog.at_level(logging.WARNING, logger="pinrank_client"):
         call_with_retries(fn, RetryPolicy(retries=3), pool(), sleep=lambda s: None, rand=lambda: 1.0,
                           on_retry=events.append)
-    assert [(e.retry, e.url, e.delay_s) for e in events] == [(1, A.url, 0.05), (2, A.url, 0.1)]
+    assert [(e.retry, e.url, e.delay_s) for e in events] == [(1, A.url, 0.2), (2, A.url, 0.4)]
     assert all(isinstance(e, RetryEvent) and isinstance(e.error, ServerUnavailableError) for e in events)
-    assert [r.getMessage() for r in caplog.records] == ["down (retry 1 in 0.050 s)", "down (retry 2 in 0.100 s)"]
+    assert [r.getMessage() for r in caplog.records] == ["down (retry 1 in 0.200 s)", "down (retry 2 in 0.400 s)"]
 
 
 def test_a_broken_hook_does_not_fail_the_call(caplog):
@@ -182,8 +193,8 @@ def test_failover_moves_on_at_once_and_backs_off_only_after_a_full_pass():
                                on_retry=events.append)
     assert result == "ok"
     assert fn.calls[:3] == [A, B, C]  # one pass over every server before any sleep
-    assert [e.delay_s for e in events] == [0.0, 0.0, 0.05, 0.0]
-    assert sleeps == [0.05]
+    assert [e.delay_s for e in events] == [0.0, 0.0, 0.2, 0.0]
+    assert sleeps == [0.2]
     assert fn.calls[4] not in fn.calls[3:4]  # the second pass moves on too
 
 
@@ -320,7 +331,7 @@ def test_per_call_timeout_overrides_the_clients():
     client.rank(1, [1], request_ts_ms=NOW, timeout_s=0.25)
     client.rank_request(request(), timeout_s=2)
     assert [c[2]["client_timeout"] for c in fake.calls] == [0.25, 2.0]
-    with pytest.raises(ValueError, match="timeout_s must be a number > 0"):
+    with pytest.raises(InvalidArgumentError, match="timeout_s must be a finite number of seconds > 0"):
         client.rank(1, [1], request_ts_ms=NOW, timeout_s=0)
 
 
@@ -438,7 +449,7 @@ def test_rank_many_errors():
     fake.errors = [bad]
     out = client.rank_many([request(), request(2)], return_exceptions=True)
     assert isinstance(out[0], InvalidRequestError) and len(out[1]) == 2
-    with pytest.raises(TypeError, match="item 1 is a dict"):
+    with pytest.raises(InvalidArgumentError, match="item 1 is a dict"):
         client.rank_many([request(), {"user_id": 1}])
 
 

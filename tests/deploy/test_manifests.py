@@ -43,7 +43,8 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 K8S_VERSIONS = ("1.28", kubernetes_validate.latest_version())
 #: The kustomize directories a user applies, and what each holds.
 KUSTOMIZATIONS = {
-    "triton": {"Namespace", "Secret", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"},
+    "triton": {"Namespace", "Secret", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+               "ConfigMap"},
     "monitoring": {"ServiceMonitor"},
     "kserve": {"Namespace", "Secret", "InferenceService", "HorizontalPodAutoscaler"},
 }
@@ -123,8 +124,9 @@ def triton(rendered) -> dict[str, dict[str, Any]]:
     return {kind: one(docs, kind) for kind in KUSTOMIZATIONS["triton"]}
 
 
-def container(deployment: dict[str, Any]) -> dict[str, Any]:
-    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+def container(deployment: dict[str, Any], name: str = "triton") -> dict[str, Any]:
+    """The Triton container (or the one named): the pod also runs the proxy."""
+    (c,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name]
     return c
 
 
@@ -349,6 +351,9 @@ def test_entrypoint_passes_the_restricted_api_flags(started_with):
     assert started_with["--model-control-mode"] == "none"
     assert started_with["--strict-readiness"] == "true"
     assert started_with["--allow-sagemaker"] == started_with["--allow-vertex-ai"] == "false"
+    # Nothing but the proxy sidecar reaches Triton: every endpoint on loopback.
+    for endpoint in ("http", "grpc", "metrics"):
+        assert started_with[f"--{endpoint}-address"] == "127.0.0.1", endpoint
 
 
 def test_fleet_and_local_server_guard_the_same_apis(started_with, triton):
@@ -392,31 +397,57 @@ def test_entrypoint_refuses_a_missing_repository(tmp_path):
 
 
 def test_ports_agree_everywhere(triton, started_with, rendered):
+    """Triton's ports (loopback) are what the proxy forwards to and what the
+    probes call; the proxy's ports are what the Service, the Prometheus
+    annotation and the ServiceMonitor use."""
+    from pinrank.serving.proxy import ProxySettings
+
     deployment, service = triton["Deployment"], triton["Service"]
     c = container(deployment)
-    container_ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     triton_ports = {"http": int(started_with["--http-port"]), "grpc": int(started_with["--grpc-port"]),
                     "metrics": int(started_with["--metrics-port"])}
-    assert container_ports == triton_ports
+    assert "ports" not in c, "Triton listens on loopback: it has no ports to declare"
     # The image documents the same ports, and the entrypoint's defaults (docker run) match.
     assert {int(p) for p in dockerfile("EXPOSE")[0].split()} == set(triton_ports.values())
     defaults = triton_flags(run_entrypoint({"PINRANK_ADMIN_KEY": TEST_KEY, "PINRANK_PRINT_COMMAND": "1"})
                             .stdout.splitlines())
     assert {n: int(defaults[f"--{n}-port"]) for n in triton_ports} == triton_ports
+    assert defaults["--http-address"] == "127.0.0.1", "the image alone binds loopback too"
+    # The proxy forwards to those ports and listens on its own.
+    pod = ProxySettings()
+    assert (pod.triton_http_port, pod.triton_grpc_port, pod.triton_metrics_port) == tuple(triton_ports.values())
+    assert pod.triton_host == started_with["--http-address"]
+    proxy_ports = {p["name"]: p["containerPort"] for p in container(deployment, "proxy")["ports"]}
+    assert proxy_ports == {"http": pod.http_port, "grpc": pod.grpc_port, "metrics": pod.metrics_port}
+    assert not set(proxy_ports.values()) & set(triton_ports.values()), "the two would collide in one pod"
     for port in service["spec"]["ports"]:
-        # By name, and with the same number, so in-cluster URLs read like local ones.
-        assert container_ports[port["targetPort"]] == port["port"]
+        assert port["targetPort"] in proxy_ports, f"Service port {port['name']} must go through the proxy"
         assert port["name"] == port["targetPort"]
-    assert {p["name"] for p in service["spec"]["ports"]} == set(triton_ports)
+        # In-cluster URLs keep Triton's numbers (grpc: 8001).
+        assert port["port"] == triton_ports[port["name"]]
+    # gRPC is what the Service offers by default; HTTP stays behind the proxy's own port.
+    assert {p["name"] for p in service["spec"]["ports"]} == {"grpc", "metrics"}
+    # Probes run inside the Triton container against loopback (kubelet's
+    # httpGet would hit the pod IP, where Triton does not listen).
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        get = c[probe]["httpGet"]
-        assert container_ports[get["port"]] == triton_ports["http"], probe
-        assert get["path"] == ("/v2/health/live" if probe == "livenessProbe" else "/v2/health/ready")
+        command = " ".join(c[probe]["exec"]["command"])
+        assert f"http://127.0.0.1:{triton_ports['http']}" in command, probe
+    assert "/v2/health/live" in " ".join(c["livenessProbe"]["exec"]["command"])
+    assert "/v2/health/ready" in " ".join(c["startupProbe"]["exec"]["command"])
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
-    assert int(annotations["prometheus.io/port"]) == triton_ports["metrics"]
+    assert int(annotations["prometheus.io/port"]) == proxy_ports["metrics"]
     monitor = one(rendered["monitoring"], "ServiceMonitor")
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+
+
+def test_readiness_probe_runs_the_health_check_the_image_copies(triton):
+    """The exec readiness probe calls the file the Dockerfile puts in the image."""
+    command = container(triton["Deployment"])["readinessProbe"]["exec"]["command"]
+    by_dest = {dest: src for src, dest in (args.split() for args in dockerfile("COPY"))}
+    (script,) = [word for word in command if word.endswith(".py")]
+    assert script in by_dest, f"the image has no {script}"
+    assert command[0] == "python3"
 
 
 def test_kserve_variant_uses_the_runtime_ports_and_the_same_policy(rendered, started_with):
@@ -516,10 +547,14 @@ def test_pod_meets_the_restricted_pod_security_standard(triton):
     assert not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC"))
     assert all(set(v) - {"name"} <= {"emptyDir", "configMap", "secret", "projected", "persistentVolumeClaim"}
                for v in pod["volumes"])
+    for each in pod["containers"]:
+        sc = each["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"], each["name"]
+        assert "add" not in sc["capabilities"] and not sc.get("privileged", False), each["name"]
+        assert sc["readOnlyRootFilesystem"] is True, each["name"]
+        assert sc.get("runAsUser", pod["securityContext"]["runAsUser"]) != 0
     c = container(triton["Deployment"])
     sc = c["securityContext"]
-    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
-    assert "add" not in sc["capabilities"] and not sc.get("privileged", False)
     # The image's user, numeric so that runAsNonRoot can be checked by the kubelet.
     (user,) = dockerfile("USER")
     assert user == f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"

@@ -14,6 +14,7 @@ from pinrank.export.configs import ProfileSettings, parse_pbtxt
 from pinrank.export.parity import ParityError, edge_cases
 from pinrank.export.repository import write_repository
 from pinrank.export.torchscript import export_torchscript
+from pinrank.serving.ranker_runtime import manifest_num_items
 from pinrank.snapshot import UserSnapshot
 from pinrank.vocab import ItemVocab
 
@@ -76,7 +77,8 @@ def test_parity_gate_passes_and_publishes_versions(tmp_path, artifacts):
     assert report.passed and set(report.max_abs_diff) == set(edge_cases(NUM_ITEMS))
     repo = tmp_path / "repo"
     torchscript = ProfileSettings(cpu_runtime="torchscript")
-    first = write_repository(repo, "cpu", ts, *artifacts, manifest={"k": 1}, settings=torchscript)
+    first = write_repository(repo, "cpu", ts, *artifacts, manifest={"k": 1, "num_items": NUM_ITEMS + 7},
+                             settings=torchscript)
     second = write_repository(repo, "cpu", ts, *artifacts, settings=torchscript)
     assert (first.version, second.version) == (1, 2)
     for name in (schema.PREPROCESS_MODEL, schema.RANKER_MODEL, schema.POSTPROCESS_MODEL):
@@ -87,6 +89,12 @@ def test_parity_gate_passes_and_publishes_versions(tmp_path, artifacts):
     assert (v2 / "_vendor" / "pinrank_client" / "validation.py").exists()
     assert (repo / schema.RANKER_MODEL / "2" / "ranker.pt").exists()
     assert (repo / schema.ENSEMBLE_MODEL / "1").is_dir()
+    # The ranker checks indices against its tables: the vocabulary's size, even
+    # when the caller's manifest says nothing (or something else) about it.
+    for version in (first.version, second.version):
+        ranker_dir = repo / schema.RANKER_MODEL / str(version)
+        assert manifest_num_items(ranker_dir) == len(artifacts[0])
+        assert (ranker_dir / "_vendor" / "pinrank" / "serving" / "step_inputs.py").exists()
 
 
 def test_default_cpu_runtime_needs_the_onnx_artifact(tmp_path, artifacts):

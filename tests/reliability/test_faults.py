@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from pinrank.reliability import faults
+from pinrank.reliability import faults, hostile_phase
 from pinrank.serving.model_control import pinned_config_json
 
 
@@ -63,10 +63,14 @@ def test_classifier_labels_by_reference_scores():
 def test_make_reliability_end_to_end(tmp_path):
     from pinrank.reliability.run import run, verdict
 
-    report = run(tmp_path / "work", tmp_path / "reliability.json", soak_minutes=0.2, users=2, phase_s=1.5)
+    report = run(tmp_path / "work", tmp_path / "reliability.json", soak_minutes=0.2, users=2, phase_s=1.5, reloads=5)
     assert json.loads((tmp_path / "reliability.json").read_text())["bad_inputs_total"] == report["bad_inputs_total"]
     assert report["bad_inputs_total"] >= 40
     assert verdict(report) == [], report
+    # The hostile phase: every crash request sent, contained, the step models' refusals counted.
+    assert report["crash_requests"] == len(hostile_phase.crash_requests()) == report["server_crashes_contained"]
+    assert report["step_model_bad_inputs_rejected"] == report["step_model_bad_inputs"] > 0
+    assert report["stub_processes_leaked"] == 0 and set(report["targets"]) and report["crash_recovery_s"] > 0
     assert report["swap"]["answers"]["after_swap"].get("v2", 0) > 0
     assert report["swap"]["answers"]["after_rollback"].get("v1", 0) > 0
     assert report["restart_recovery_s"] > 0 and report["soak"]["requests"] > 0

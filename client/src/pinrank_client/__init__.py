@@ -16,6 +16,7 @@ from pinrank_client._url import Endpoint, parse_url, parse_urls
 from pinrank_client.client import AsyncRankingClient, Health, RankingClient
 from pinrank_client.errors import (
     AccessDeniedError,
+    InvalidArgumentError,
     InvalidRequestError,
     ModelNotReadyError,
     PinrankError,
@@ -45,6 +46,7 @@ __all__ = [
     "RankResponse",
     "PinrankError",
     "InvalidRequestError",
+    "InvalidArgumentError",
     "ServerUnavailableError",
     "RequestTimeoutError",
     "ModelNotReadyError",

@@ -9,6 +9,8 @@ ranking clients need no key.
 
 from __future__ import annotations
 
+from pinrank_client.errors import InvalidArgumentError
+
 #: Header that carries the key (HTTP). Triton's gRPC endpoint expects the
 #: same header under GRPC_HEADER_PREFIX.
 ADMIN_HEADER = "pinrank-admin-key"
@@ -24,5 +26,5 @@ def admin_headers(key: str) -> dict[str, str]:
     ignores the other's); pass it as `headers=` to tritonclient or the SDK.
     """
     if not key:
-        raise ValueError("empty admin key")
+        raise InvalidArgumentError("empty admin key")
     return {ADMIN_HEADER: key, GRPC_HEADER_PREFIX + ADMIN_HEADER: key}

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from typing import IO, Any, Callable, NoReturn, TypeVar
 
 import click
 
 from pinrank_client import __version__, schema
+from pinrank_client._args import MAX_SECONDS, check_seconds
+from pinrank_client._url import parse_urls
 from pinrank_client.admin import ADMIN_KEY_ENV, admin_headers
 from pinrank_client.client import DEFAULT_TIMEOUT_S, DEFAULT_URL, RankingClient
 from pinrank_client.errors import (
     AccessDeniedError,
+    InvalidArgumentError,
     InvalidRequestError,
     ModelNotReadyError,
     PinrankError,
@@ -37,7 +41,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _exit_code(exc: PinrankError) -> int:
-    if isinstance(exc, (InvalidRequestError, AccessDeniedError)):
+    if isinstance(exc, (InvalidRequestError, InvalidArgumentError, AccessDeniedError)):
         return EXIT_INVALID
     if isinstance(exc, (ServerUnavailableError, ModelNotReadyError)):
         return EXIT_UNAVAILABLE
@@ -48,6 +52,7 @@ def _exit_code(exc: PinrankError) -> int:
 
 _KIND = {
     InvalidRequestError: "invalid request",
+    InvalidArgumentError: "invalid argument",
     ModelNotReadyError: "model not ready",
     AccessDeniedError: "access denied",
     ServerError: "server error",
@@ -103,6 +108,55 @@ class _Group(click.Group):
         return code
 
 
+# Python's int() and float() also read "٣" as 3 and "1_000" as 1000: a typo
+# or a pasted lookalike must fail, not send a different number.
+_ASCII_INT = re.compile(r"[+-]?[0-9]+")
+_ASCII_DECIMAL = re.compile(r"[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?")
+
+
+def _ascii_int(text: str) -> int:
+    """`text` as an int written in ASCII digits; ValueError otherwise."""
+    if not _ASCII_INT.fullmatch(text.strip()):
+        raise ValueError(f"{text!r} is not an integer in ASCII digits")
+    return int(text)
+
+
+class _Int(click.ParamType):
+    """An integer option in ASCII digits, optionally >= `minimum`."""
+
+    name = "integer"
+
+    def __init__(self, minimum: int | None = None) -> None:
+        self.minimum = minimum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = _ascii_int(str(value))
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+        if self.minimum is not None and number < self.minimum:
+            self.fail(f"{number} is smaller than the minimum {self.minimum}", param, ctx)
+        return number
+
+
+class _Seconds(click.ParamType):
+    """A duration in seconds: an ASCII decimal, finite, > 0 and at most a day."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        text = str(value).strip()
+        if not isinstance(value, float) and not _ASCII_DECIMAL.fullmatch(text):
+            self.fail(f"{text!r} is not a number of seconds (ASCII digits, e.g. 0.5)", param, ctx)
+        try:
+            return check_seconds("the value", float(text))
+        except InvalidArgumentError:
+            self.fail(f"{text} is not in (0, {MAX_SECONDS:g}] seconds", param, ctx)
+
+
 def _server_options(f: F) -> F:
     options = [
         click.option(
@@ -117,14 +171,14 @@ def _server_options(f: F) -> F:
         click.option(
             "--timeout",
             "timeout_s",
-            type=click.FloatRange(min=0, min_open=True),
+            type=_Seconds(),
             default=DEFAULT_TIMEOUT_S,
             show_default=True,
             help="Deadline in seconds for each attempt (connect, send, compute and receive).",
         ),
         click.option(
             "--retries",
-            type=click.IntRange(min=0),
+            type=_Int(minimum=0),
             default=2,
             show_default=True,
             help="Extra attempts (with backoff, or on the next server) while servers are unreachable.",
@@ -147,12 +201,15 @@ def _client(
 ) -> RankingClient:
     headers = admin_headers(admin_key) if admin_key else None
     try:
-        return RankingClient(
-            url, protocol, timeout_s=timeout_s, retries=retries, model_name=model_name, validate=validate,
-            headers=headers,
-        )
-    except ValueError as exc:
+        parse_urls(url, protocol)
+    except InvalidArgumentError as exc:
         raise click.BadParameter(str(exc), param_hint="'--url'") from None
+    # Anything else it refuses (--model, the admin key's characters) reads
+    # as "invalid argument: <field> must be ...".
+    return RankingClient(
+        url, protocol, timeout_s=timeout_s, retries=retries, model_name=model_name, validate=validate,
+        headers=headers,
+    )
 
 
 def _echo_json(data: Any) -> None:
@@ -194,7 +251,7 @@ def _parse_candidates(text: str) -> list[int]:
         if not part:
             continue
         try:
-            ids.append(int(part))
+            ids.append(_ascii_int(part))
         except ValueError:
             raise InvalidRequestError(f"--candidates: {part!r} is not an integer item id") from None
     return ids
@@ -207,9 +264,9 @@ def _parse_action(text: str) -> dict[str, Any]:
             f"--action {text!r}: expected ITEM:TYPE:TS_MS[:SURFACE], e.g. 7:save:1718000000000:home"
         )
     try:
-        item, ts = int(parts[0]), int(parts[2])
+        item, ts = _ascii_int(parts[0]), _ascii_int(parts[2])
     except ValueError:
-        raise InvalidRequestError(f"--action {text!r}: ITEM and TS_MS must be integers") from None
+        raise InvalidRequestError(f"--action {text!r}: ITEM and TS_MS must be integers in ASCII digits") from None
     action: dict[str, Any] = {"item_id": item, "action": parts[1], "ts_ms": ts}
     if len(parts) == 4:
         action["surface"] = parts[3]
@@ -246,7 +303,7 @@ _REQUEST_FILE_HELP = """JSON request file ('-' reads stdin); flags override its 
 
 @main.command()
 @_server_options
-@click.option("--user-id", type=int, help="User to rank for.")
+@click.option("--user-id", type=_Int(), help="User to rank for.")
 @click.option("--candidates", metavar="ID,ID,...", help="Candidate item ids, comma-separated.")
 @click.option(
     "--action",
@@ -256,8 +313,8 @@ _REQUEST_FILE_HELP = """JSON request file ('-' reads stdin); flags override its 
     help=f"A recent action (repeatable). TYPE: {', '.join(schema.ACTIONS)} or id; "
     f"SURFACE: {', '.join(schema.SURFACES)} or id (0 = unknown).",
 )
-@click.option("--top-k", type=int, help=f"Items to return (server default {schema.DEFAULT_TOP_K}).")
-@click.option("--request-ts-ms", type=int, help="Request time, unix ms (default: now).")
+@click.option("--top-k", type=_Int(), help=f"Items to return (server default {schema.DEFAULT_TOP_K}).")
+@click.option("--request-ts-ms", type=_Int(), help="Request time, unix ms (default: now).")
 @click.option("--request-file", type=click.File("r"), help=_REQUEST_FILE_HELP)
 @click.option(
     "--no-validate",

@@ -24,6 +24,7 @@ from typing import Any, Awaitable, Callable, Iterable, Literal, Mapping, NoRetur
 from numpy.typing import ArrayLike
 
 from pinrank_client import schema
+from pinrank_client._args import check_headers, check_int, check_model, check_seconds
 from pinrank_client._retry import EndpointPool, RetryEvent, RetryPolicy, acall_with_retries, call_with_retries
 from pinrank_client._triton import (
     build_inputs,
@@ -36,7 +37,14 @@ from pinrank_client._triton import (
     requested_outputs,
 )
 from pinrank_client._url import Endpoint, parse_urls
-from pinrank_client.errors import ModelNotReadyError, PinrankError, ServerUnavailableError, map_exception
+from pinrank_client.errors import (
+    InvalidArgumentError,
+    ModelNotReadyError,
+    PinrankError,
+    ServerError,
+    ServerUnavailableError,
+    map_exception,
+)
 from pinrank_client.types import Action, ActionHistory, RankRequest, RankResponse
 
 __all__ = [
@@ -76,19 +84,39 @@ def _best(healths: Sequence[Health]) -> Health:
     return max(healths, key=lambda h: (h.model_ready, h.live))
 
 
-def _reraise(exc: Exception, url: str, timeout_s: float) -> NoReturn:
+def _reraise(exc: Exception, endpoint: Endpoint, timeout_s: float) -> NoReturn:
     """Re-raise `exc` as a PinrankError (chained) if the SDK knows what it means."""
-    mapped = map_exception(exc, url=url, timeout_s=timeout_s)
+    mapped = map_exception(exc, url=endpoint.url, timeout_s=timeout_s)
     if mapped is exc:
         raise exc
+    if isinstance(mapped, ModelNotReadyError) and mapped.status == "404" and "/" in endpoint.address:
+        # A 404 that is not Triton's "unknown model": most likely the
+        # gateway prefix in the URL is wrong, not the model.
+        mapped.message = (
+            f"{endpoint.url} answered 404 ({mapped.message}): is the path prefix in the URL right? "
+            "Give the server's root URL, or the gateway's prefix for Triton"
+        )
     raise mapped from exc
 
 
+def _checked_request(request: object) -> RankRequest:
+    if not isinstance(request, RankRequest):
+        raise InvalidArgumentError(
+            f"rank_request takes a RankRequest, got {type(request).__name__} (use rank(...) or RankRequest.from_dict)"
+        )
+    return request
+
+
 def _check_requests(requests: Iterable[RankRequest]) -> list[RankRequest]:
-    out = list(requests)
+    try:
+        out = list(requests)
+    except TypeError:
+        raise InvalidArgumentError(
+            f"rank_many takes an iterable of RankRequest objects, got {type(requests).__name__}"
+        ) from None
     for i, request in enumerate(out):
         if not isinstance(request, RankRequest):
-            raise TypeError(f"rank_many takes RankRequest objects; item {i} is a {type(request).__name__}")
+            raise InvalidArgumentError(f"rank_many takes RankRequest objects; item {i} is a {type(request).__name__}")
     return out
 
 
@@ -115,13 +143,12 @@ class _Base:
         self.timeout_s = self._checked_timeout(timeout_s)
         self.retry_policy = RetryPolicy(retries, backoff_s, max_backoff_s)
         self.pool = EndpointPool(self.endpoints, cooldown_s=cooldown_s)
-        self.model_name = model_name
-        self.model_version = model_version
+        self.model_name, self.model_version = check_model(model_name, model_version)
         self.validate = bool(validate)
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        self.max_concurrency = int(max_concurrency)
-        self.headers: dict[str, str] | None = dict(headers) if headers else None
+        self.max_concurrency = check_int("max_concurrency", max_concurrency, minimum=1)
+        self.headers: dict[str, str] | None = check_headers(headers)
+        if on_retry is not None and not callable(on_retry):
+            raise InvalidArgumentError(f"on_retry must be a function taking a RetryEvent, got {on_retry!r}")
         self.on_retry = on_retry
         # Tests make jitter deterministic through this.
         self._rand: Callable[[], float] = random.random
@@ -134,9 +161,7 @@ class _Base:
 
     @staticmethod
     def _checked_timeout(timeout_s: float) -> float:
-        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
-            raise ValueError(f"timeout_s must be a number > 0, got {timeout_s!r}")
-        return float(timeout_s)
+        return check_seconds("timeout_s", timeout_s)
 
     def _deadline(self, timeout_s: float | None) -> float:
         return self.timeout_s if timeout_s is None else self._checked_timeout(timeout_s)
@@ -168,9 +193,19 @@ class _Base:
         )
 
     def _response(self, result: Any, latency_ms: float, endpoint: Endpoint, attempts: int) -> RankResponse:
-        name, version = model_identity(result, self.model_name)
+        try:
+            name, version = model_identity(result, self.model_name)
+            outputs = read_outputs(result)
+        except Exception as exc:
+            # The bytes came from the network (a proxy's page, a truncated
+            # body): whatever tritonclient or numpy make of them is the
+            # server's fault, not a bug here.
+            mapped = map_exception(exc, url=endpoint.url)
+            if mapped is exc:
+                mapped = ServerError(f"malformed response from {endpoint.url}: {type(exc).__name__}: {exc}")
+            raise mapped from exc
         return RankResponse.from_arrays(
-            read_outputs(result),
+            outputs,
             model_name=name,
             model_version=version,
             latency_ms=latency_ms,
@@ -204,9 +239,9 @@ class RankingClient(_Base):
         protocol: str | None = None,
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
-        retries: int = 2,
-        backoff_s: float = 0.05,
-        max_backoff_s: float = 1.0,
+        retries: int = RetryPolicy.retries,
+        backoff_s: float = RetryPolicy.backoff_s,
+        max_backoff_s: float = RetryPolicy.max_backoff_s,
         cooldown_s: float = 1.0,
         model_name: str = schema.ENSEMBLE_MODEL,
         model_version: str = "",
@@ -311,7 +346,7 @@ class RankingClient(_Base):
         except PinrankError:
             raise
         except Exception as exc:
-            _reraise(exc, endpoint.url, timeout_s)
+            _reraise(exc, endpoint, timeout_s)
 
     def _retrying(self, method: str, *args: Any, timeout_s: float, **kwargs: Any) -> tuple[Any, Endpoint, int]:
         """`method` with retries and failover: (result, server that answered, attempts)."""
@@ -349,7 +384,7 @@ class RankingClient(_Base):
     def rank_request(self, request: RankRequest, *, timeout_s: float | None = None) -> RankResponse:
         """Send a prepared RankRequest (validated when it was built)."""
         deadline = self._deadline(timeout_s)
-        inputs = build_inputs(self._io, request.to_arrays())
+        inputs = build_inputs(self._io, _checked_request(request).to_arrays())
         start = time.perf_counter()
         result, endpoint, attempts = self._retrying(
             "infer",
@@ -479,6 +514,7 @@ class RankingClient(_Base):
         ModelNotReadyError if one answered but the model never became ready.
         """
         deadline = time.monotonic() + self._checked_timeout(timeout_s)
+        check_seconds("poll_s", poll_s)
         while True:
             health = self.health(timeout_s=min(self.timeout_s, max(deadline - time.monotonic(), 0.05)))
             if health.model_ready:
@@ -553,9 +589,9 @@ class AsyncRankingClient(_Base):
         protocol: str | None = None,
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
-        retries: int = 2,
-        backoff_s: float = 0.05,
-        max_backoff_s: float = 1.0,
+        retries: int = RetryPolicy.retries,
+        backoff_s: float = RetryPolicy.backoff_s,
+        max_backoff_s: float = RetryPolicy.max_backoff_s,
         cooldown_s: float = 1.0,
         model_name: str = schema.ENSEMBLE_MODEL,
         model_version: str = "",
@@ -609,7 +645,7 @@ class AsyncRankingClient(_Base):
         except PinrankError:
             raise
         except Exception as exc:  # CancelledError is a BaseException: cancellation passes through
-            _reraise(exc, endpoint.url, timeout_s)
+            _reraise(exc, endpoint, timeout_s)
 
     async def _retrying(self, method: str, *args: Any, timeout_s: float, **kwargs: Any) -> tuple[Any, Endpoint, int]:
         attempts = 0
@@ -640,7 +676,7 @@ class AsyncRankingClient(_Base):
 
     async def rank_request(self, request: RankRequest, *, timeout_s: float | None = None) -> RankResponse:
         deadline = self._deadline(timeout_s)
-        inputs = build_inputs(self._io, request.to_arrays())
+        inputs = build_inputs(self._io, _checked_request(request).to_arrays())
         start = time.perf_counter()
         result, endpoint, attempts = await self._retrying(
             "infer",
@@ -747,6 +783,7 @@ class AsyncRankingClient(_Base):
     async def wait_until_ready(self, timeout_s: float = 60.0, *, poll_s: float = 0.25) -> Health:
         """Wait until the ranking model is ready on some server; see RankingClient.wait_until_ready."""
         deadline = time.monotonic() + self._checked_timeout(timeout_s)
+        check_seconds("poll_s", poll_s)
         while True:
             health = await self.health(timeout_s=min(self.timeout_s, max(deadline - time.monotonic(), 0.05)))
             if health.model_ready:

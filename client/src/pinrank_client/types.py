@@ -37,48 +37,76 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_INT64 = np.iinfo(np.int64)
+
+
 def _int(name: str, value: object) -> int:
     # bool is an int subclass, but True as a user id is always a mistake.
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise InvalidRequestError(f"{name} must be an integer, got {value!r}")
+    if not _INT64.min <= value <= _INT64.max:
+        raise InvalidRequestError(f"{name}={value} does not fit in int64 (the wire type)")
     return int(value)
 
 
-def _vocab_id(kind: str, value: object, vocab: Mapping[str, int], pad_ok: bool) -> int:
-    """A name from `vocab` or an integer id (also as a digit string, as the CLI sends)."""
+def _vocab_id(kind: str, value: object, vocab: Mapping[str, int], pad_ok: bool, field: str | None = None) -> int:
+    """A name from `vocab` or an integer id (also as a digit string, as the CLI sends).
+
+    `field` names the value in errors about integers (default: `kind`)."""
     if isinstance(value, str):
         key = value.strip().lower()
         if key in vocab:
             return vocab[key]
-        if key.isdigit():
-            return int(key)
+        # ASCII only: str.isdigit and int() also take "²" (and fail) or "٣" (and read 3).
+        if key.isascii() and key.isdigit():
+            return _int(field or kind, int(key))
         extra = " (or 0 = unknown)" if pad_ok else ""
-        raise InvalidRequestError(f"unknown {kind} {value!r}; valid {kind}s are {', '.join(vocab)}{extra}")
-    return _int(kind, value)
+        raise InvalidRequestError(
+            f"unknown {kind} {value!r}; valid {kind}s are {', '.join(vocab)}{extra}, or an id in ASCII digits"
+        )
+    return _int(field or kind, value)
+
+
+def _as_array(name: str, values: ArrayLike) -> np.ndarray:
+    try:
+        return np.asarray(values)
+    except (OverflowError, ValueError, TypeError) as exc:  # ragged lists and the like
+        raise InvalidRequestError(f"{name} must be a 1-D list of integers: {exc}") from None
+
+
+def _all_ints(values: object) -> bool:
+    if isinstance(values, np.ndarray) or not isinstance(values, Iterable):
+        return False
+    return all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values)
 
 
 def _int_vector(name: str, values: ArrayLike) -> IntArray:
     """A read-only int64 copy of `values` (copied so callers may reuse their buffer)."""
-    try:
-        arr = np.asarray(values)
-    except (OverflowError, ValueError) as exc:
-        raise InvalidRequestError(f"{name} must be a 1-D list of integers: {exc}") from None
+    arr = _as_array(name, values)
     if arr.ndim != 1:
         raise InvalidRequestError(f"{name} must be 1-D, got shape {tuple(arr.shape)}")
+    if arr.size and arr.dtype.kind in "fO" and _all_ints(values):
+        # Python ints beyond int64: numpy keeps them as objects, or, mixed
+        # with small ones ([7, 2**63]), silently turns them all into floats.
+        raise InvalidRequestError(f"{name} holds values that do not fit in int64 (the wire type)")
     # [] parses as float64: empty is fine here, the validator judges emptiness.
     if arr.dtype.kind not in "iu" and arr.size:
         raise InvalidRequestError(f"{name} must hold integers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > _INT64.max:
+        # Cast as is, these would wrap around to negative ids.
+        raise InvalidRequestError(f"{name} holds values that do not fit in int64 (the wire type)")
     out = np.array(arr, dtype=np.int64)
     out.setflags(write=False)
     return out
 
 
 def _vocab_vector(name: str, kind: str, values: ArrayLike, vocab: Mapping[str, int], pad_ok: bool) -> IntArray:
-    arr = np.asarray(values)
+    arr = _as_array(name, values)
     if arr.dtype.kind in "OUS":  # names, or a mix of names and ids (numpy makes those strings)
         if arr.ndim != 1:
             raise InvalidRequestError(f"{name} must be 1-D, got shape {tuple(arr.shape)}")
-        arr = np.fromiter((_vocab_id(kind, v, vocab, pad_ok) for v in arr.tolist()), np.int64, arr.shape[0])
+        ids = (_vocab_id(kind, v, vocab, pad_ok, field=name) for v in arr.tolist())
+        arr = np.fromiter(ids, np.int64, arr.shape[0])
     return _int_vector(name, arr)
 
 
@@ -152,6 +180,10 @@ class ActionHistory(Sequence[Action]):
 
     @classmethod
     def from_actions(cls, actions: Iterable[Action]) -> ActionHistory:
+        if isinstance(actions, (str, bytes, Mapping)) or not isinstance(actions, Iterable):
+            raise InvalidRequestError(
+                f"actions must be an ActionHistory or a list of Action objects, got {type(actions).__name__}"
+            )
         actions = list(actions)
         for a in actions:
             if not isinstance(a, Action):
@@ -308,9 +340,13 @@ class RankRequest:
                 data.get("action_surfaces"),
             )
         else:
-            history = ActionHistory.from_actions(
-                _action_from_dict(i, a) for i, a in enumerate(data.get("actions") or ())
-            )
+            raw_actions = data.get("actions") or []
+            if not isinstance(raw_actions, list):
+                raise InvalidRequestError(
+                    f"request field 'actions' must be a list of {{item_id, action, ts_ms[, surface]}} objects, "
+                    f"got {type(raw_actions).__name__}"
+                )
+            history = ActionHistory.from_actions([_action_from_dict(i, a) for i, a in enumerate(raw_actions)])
         return cls(
             data["user_id"],
             data["candidate_ids"],
@@ -361,6 +397,20 @@ class RankRequest:
             f"RankRequest(user_id={self.user_id}, candidates={self.num_candidates}, actions={len(self.actions)}, "
             f"request_ts_ms={self.request_ts_ms}, top_k={self.top_k})"
         )
+
+
+def _check_response_values(ids: np.ndarray, scores: np.ndarray, probs: np.ndarray) -> None:
+    # A ranking by NaN is no ranking: better a ServerError the caller can fall
+    # back on than a silently arbitrary order.
+    if ids.dtype.kind not in "iu" and ids.size:
+        raise ServerError(f"malformed response: item_ids has dtype {ids.dtype}, expected integers")
+    for name, values in (("scores", scores), ("head_probs", probs)):
+        if values.dtype.kind not in "fiu" and values.size:
+            raise ServerError(f"malformed response: {name} has dtype {values.dtype}, expected numbers")
+        if not np.isfinite(values).all():
+            raise ServerError(f"malformed response: {name} holds NaN or infinite values")
+    if ((probs < 0) | (probs > 1)).any():
+        raise ServerError("malformed response: head_probs holds values outside [0, 1]")
 
 
 def _action_from_dict(index: int, raw: object) -> Action:
@@ -423,6 +473,7 @@ class RankResponse:
                 "malformed response: expected item_ids [K], scores [K], head_probs "
                 f"[K, {schema.NUM_HEADS}], got {ids.shape}, {scores.shape}, {probs.shape}"
             )
+        _check_response_values(ids, scores, probs)
         items = [
             RankedItem(item, utility, dict(zip(schema.HEADS, row)))
             for item, utility, row in zip(

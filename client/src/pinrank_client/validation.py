@@ -26,6 +26,9 @@ def _as_int64_vector(name: str, value: object) -> np.ndarray:
         raise InvalidRequestError(f"{name} must hold integers, got dtype {arr.dtype}")
     if arr.ndim != 1:
         raise InvalidRequestError(f"{name} must be 1-D, got shape {tuple(arr.shape)}")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        # The cast below would wrap these around to negative values.
+        raise InvalidRequestError(f"{name} holds values that do not fit in int64")
     return arr.astype(np.int64, copy=False)
 
 
