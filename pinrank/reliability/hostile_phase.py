@@ -247,6 +247,19 @@ def _stub_count_and_rss(serve: ServeProcess) -> tuple[int, float]:
     return len(model_control.stubs(pid)), faults.process_tree_rss_mb(pid)
 
 
+def _settled(serve: ServeProcess, timeout_s: float = 30.0) -> tuple[int, float]:
+    """Stub count and RSS once the count held for 3 s: stubs replaced by the
+    crash phase (or the reloads) are still exiting for a few seconds."""
+    counts: list[int] = []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        counts.append(_stub_count_and_rss(serve)[0])
+        if len(counts) >= 4 and len(set(counts[-4:])) == 1:
+            break
+        time.sleep(1.0)
+    return _stub_count_and_rss(serve)
+
+
 def forced_reloads(serve: ServeProcess, repository: Path, count: int,
                    log: Callable[[str], object] = print) -> dict[str, Any]:
     """Reload every Python-backend model `count` times, as the watchdog does;
@@ -254,7 +267,7 @@ def forced_reloads(serve: ServeProcess, repository: Path, count: int,
     pid = serve.server_pid()
     models = sorted({s.model for s in model_control.stubs(pid)}) if pid else []
     client = httpclient.InferenceServerClient(serve.http_url, network_timeout=120)
-    stubs_before, rss_before = _stub_count_and_rss(serve)
+    stubs_before, rss_before = _settled(serve)
     for i in range(count):
         for model in models:
             versions = model_control.loaded_versions(client, (model,), serve.headers)[model]
@@ -265,8 +278,7 @@ def forced_reloads(serve: ServeProcess, repository: Path, count: int,
     # reloads: 20 stubs at once, 7 at 2 s, 5 from 5 s on): give it 30 s to get
     # back to the count before; what is still there then has leaked.
     faults.wait_for(lambda: _stub_count_and_rss(serve)[0] <= stubs_before, timeout_s=30, every_s=0.5)
-    time.sleep(1.0)  # RSS of the fresh stubs settles after their first requests' imports
-    stubs_after, rss_after = _stub_count_and_rss(serve)
+    stubs_after, rss_after = _settled(serve)
     client.close()
     growth = (rss_after - rss_before) / rss_before * 100
     log(f"  {count} reloads of {models}: stubs {stubs_before} -> {stubs_after}, "
