@@ -142,8 +142,7 @@ def test_sdk_sends_the_admin_header_across_failover(server, protocol):
         client.list_models()
     # A refusal is final: not mistaken for a server that is down and retried.
     assert not isinstance(excinfo.value, ServerUnavailableError)
-    if hasattr(pinrank_client, "AccessDeniedError"):
-        assert isinstance(excinfo.value, pinrank_client.AccessDeniedError)
+    assert isinstance(excinfo.value, pinrank_client.AccessDeniedError)
 
 
 def test_sigterm_drains_and_exits(server):
