@@ -20,6 +20,7 @@ from typing import Callable
 
 import click
 import numpy as np
+import tritonclient.grpc as grpcclient
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -27,7 +28,12 @@ sys.path.insert(0, str(HERE))
 from bench_latency import make_request, percentiles, time_calls, triton_caller  # noqa: E402
 
 from pinrank import schema  # noqa: E402
+from pinrank.export.configs import ProfileSettings  # noqa: E402
+from pinrank.export.repository import artifact_dirs, republish  # noqa: E402
 from pinrank.serving import step_inputs  # noqa: E402
+from pinrank.serving.preprocess import Preprocessor  # noqa: E402
+from pinrank.serving.ranker_runtime import load_ranker, manifest_num_items  # noqa: E402
+from pinrank.serving.tritonserver import running_server  # noqa: E402
 
 
 def time_us(fn: Callable[[], object], repeats: int) -> float:
@@ -44,9 +50,6 @@ def time_us(fn: Callable[[], object], repeats: int) -> float:
 
 def in_process(repository: Path, counts: tuple[int, ...], repeats: int, rng: np.random.Generator) -> dict:
     """Per N: microseconds of each check and of the ranker call it guards."""
-    from pinrank.export.repository import artifact_dirs
-    from pinrank.serving.preprocess import Preprocessor
-    from pinrank.serving.ranker_runtime import load_ranker, manifest_num_items
 
     dirs = artifact_dirs(repository)
     pre = Preprocessor.from_dir(dirs["artifacts"] / "artifacts")
@@ -75,13 +78,6 @@ def in_process(repository: Path, counts: tuple[int, ...], repeats: int, rng: np.
 
 def served_p50(repository: Path, counts: tuple[int, ...], num_requests: int, rng: np.random.Generator) -> dict:
     """Per N: end-to-end p50/p90 ms of the ensemble over gRPC, sequential requests."""
-    import tritonclient.grpc as grpcclient
-
-    from pinrank.export.configs import ProfileSettings
-    from pinrank.export.repository import artifact_dirs, republish
-    from pinrank.serving.preprocess import Preprocessor
-    from pinrank.serving.tritonserver import running_server
-
     pre = Preprocessor.from_dir(artifact_dirs(repository)["artifacts"] / "artifacts")
     out = {}
     with tempfile.TemporaryDirectory(prefix="bench-step-validation-") as tmp:

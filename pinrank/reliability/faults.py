@@ -111,6 +111,17 @@ def count(outcomes: list[Outcome], t0: float = -np.inf, t1: float = np.inf) -> d
     return out
 
 
+def any_answer(_k: int, _response: Any) -> str:
+    """A classifier for scenarios where any answer is right (only failures count)."""
+    return "ok"
+
+
+def first_success_after(outcomes: list[Outcome], t: float) -> float | None:
+    """Seconds from `t` to the end of the first successful call started after it."""
+    ends = [o.t_end for o in outcomes if o.label == "ok" and o.t_start > t]
+    return min(ends) - t if ends else None
+
+
 def failures(counts: dict[str, int], versions: tuple[str, ...] = ("v1", "v2")) -> int:
     return sum(n for label, n in counts.items() if label not in versions and label != "other")
 

@@ -139,15 +139,6 @@ def crash_requests() -> list[CrashRequest]:
     ]
 
 
-def _ok(_k: int, _response: Any) -> str:
-    return "ok"
-
-
-def first_success_after(outcomes: list[faults.Outcome], t: float) -> float | None:
-    ends = [o.t_end for o in outcomes if o.t_start >= t and o.label == "ok"]
-    return round(min(ends) - t, 3) if ends else None
-
-
 def _failures_by_case(outcomes: list[faults.Outcome], sent_at: list[float]) -> list[int]:
     """Failed valid calls, each charged to the last crash request sent before it ended."""
     per_case = [0] * len(sent_at)
@@ -177,9 +168,10 @@ def _watch_crash(serve: ServeProcess, pid: int, stub_pids: set[int], done: threa
             now_pid = serve.server_pid()
             if kind == "server" and now_pid not in (None, pid) and serve.ready():
                 return kind, t_dead, time.monotonic()
-            if kind == "stub" and len({s.pid for s in model_control.stubs(pid)} - stub_pids) > 0 \
-                    and len(model_control.stubs(pid)) >= len(stub_pids) and serve.ready():
-                return kind, t_dead, time.monotonic()
+            if kind == "stub":
+                now_stubs = {st.pid for st in model_control.stubs(pid)}
+                if now_stubs - stub_pids and len(now_stubs) >= len(stub_pids) and serve.ready():
+                    return kind, t_dead, time.monotonic()
         time.sleep(0.02)
     return kind, t_dead, None
 
@@ -193,7 +185,7 @@ def crashes(serve: ServeProcess, probes: list[dict], users: int, phase_s: float,
     dead to the end of the first valid call that started after that and
     succeeded; for a stub, no sooner than its replacement is running.
     """
-    load = faults.LoadGenerator(serve.http_url, probes, _ok, users=users, retries=LOAD_RETRIES,
+    load = faults.LoadGenerator(serve.http_url, probes, faults.any_answer, users=users, retries=LOAD_RETRIES,
                                 timeout_s=LOAD_TIMEOUT_S)
     cases, sent_at = [], []
     with load:
@@ -218,8 +210,9 @@ def crashes(serve: ServeProcess, probes: list[dict], users: int, phase_s: float,
             kind, t_dead, t_back = _watch_crash(serve, pid, stub_pids, done)
             recovery = None
             if t_dead is not None and t_back is not None:
-                faults.wait_for(lambda: first_success_after(load.snapshot(), t_back) is not None, timeout_s=60)
-                first = first_success_after(load.snapshot(), t_back)
+                faults.wait_for(lambda: faults.first_success_after(load.snapshot(), t_back) is not None,
+                                timeout_s=60)
+                first = faults.first_success_after(load.snapshot(), t_back)
                 recovery = round(t_back - t_dead + first, 3) if first is not None else None
             sender.join(60)
             said = answer[0] if answer else "no answer within 60 s"

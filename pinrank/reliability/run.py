@@ -141,16 +141,6 @@ def swap_and_rollback(server: Any, repo: Path, fixtures: Fixtures, work: Path, p
     }
 
 
-def _any_version(k: int, response: Any) -> str:
-    return "ok"
-
-
-def first_success_after(outcomes: list[faults.Outcome], t: float) -> float | None:
-    """Seconds from `t` to the end of the first successful call started after it."""
-    ends = [o.t_end for o in outcomes if o.label == "ok" and o.t_start > t]
-    return min(ends) - t if ends else None
-
-
 def stub_kill(server: Any, repo: Path, probes: list[dict], users: int, phase_s: float) -> dict[str, Any]:
     """SIGKILL one stub under load. Triton 2.51 does not restart it; the
     StubWatchdog reloads the model. SDK retries on."""
@@ -167,7 +157,7 @@ def stub_kill(server: Any, repo: Path, probes: list[dict], users: int, phase_s: 
     if not victims:
         raise click.ClickException(f"no Python-backend stub of {model!r} found under pid {server.process.pid}")
     models = published_models(existing_pipeline(repo) or "ensemble")
-    load = faults.LoadGenerator(server.http_url, probes, _any_version, users=users, retries=2)
+    load = faults.LoadGenerator(server.http_url, probes, faults.any_answer, users=users, retries=2)
     with StubWatchdog(server.http_url, server.process.pid, repo, models, server.admin_headers) as dog, load:
         time.sleep(phase_s)
         t_kill = time.monotonic()
@@ -181,13 +171,13 @@ def stub_kill(server: Any, repo: Path, probes: list[dict], users: int, phase_s: 
     return {"model": model, "killed_pid": victims[0], "stubs_before": [vars(s) for s in found],
             "stubs_after": [vars(s) for s in model_control.stubs(server.process.pid)], "watchdog_reloads": dog.reloads,
             "stubs_back": healed is not None,
-            "recovery_s": first_success_after(out, t_kill), "answers_after_kill": after,
+            "recovery_s": faults.first_success_after(out, t_kill), "answers_after_kill": after,
             "failed_requests": sum(n for label, n in after.items() if label != "ok"),
             "untyped_errors": sum(n for label, n in after.items() if label not in TYPED_ERRORS | {"ok"})}
 
 
 def soak(server: Any, probes: list[dict], users: int, minutes: float) -> dict[str, Any]:
-    load = faults.LoadGenerator(server.http_url, probes, _any_version, users=users, retries=0)
+    load = faults.LoadGenerator(server.http_url, probes, faults.any_answer, users=users, retries=0)
     with load, faults.rss_sampler(server.process.pid, every_s=max(0.5, minutes * 60 / 120)) as samples:
         time.sleep(minutes * 60)
     out = load.snapshot()
@@ -204,7 +194,7 @@ def restart(server: Any, probes: list[dict], users: int, phase_s: float, timeout
     import os
     import signal
 
-    load = faults.LoadGenerator(server.http_url, probes, _any_version, users=users, retries=retries,
+    load = faults.LoadGenerator(server.http_url, probes, faults.any_answer, users=users, retries=retries,
                                 timeout_s=timeout_s)
     with load:
         time.sleep(phase_s)
@@ -212,11 +202,11 @@ def restart(server: Any, probes: list[dict], users: int, phase_s: float, timeout
         os.killpg(server.process.pid, signal.SIGKILL)
         server.process.wait()
         server.start()
-        faults.wait_for(lambda: first_success_after(load.snapshot(), t_kill) is not None, timeout_s=60)
+        faults.wait_for(lambda: faults.first_success_after(load.snapshot(), t_kill) is not None, timeout_s=60)
         time.sleep(phase_s)
     out = load.snapshot()
     after = faults.count(out, t_kill)
-    recovered = first_success_after(out, t_kill)
+    recovered = faults.first_success_after(out, t_kill)
     bound = timeout_s * (retries + 1) + 0.2 * retries + faults.HANG_MARGIN_S
     return {"restart_recovery_s": recovered, "answers_after_kill": after,
             "typed_errors": sum(n for label, n in after.items() if label in TYPED_ERRORS),
