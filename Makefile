@@ -17,7 +17,7 @@ LOADTEST_ARGS ?=
 BENCH_ARGS ?=
 RELIABILITY_ARGS ?=
 
-.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer eval-pinnerformer-ml eval-ranker eval-ranker-ml eval-ranker-real eval-real eval-item-features eval-loo-ml100k loadtest bench reliability test test-fast clean
+.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer eval-pinnerformer-ml eval-ranker eval-ranker-ml eval-ranker-real eval-real eval-item-features eval-loo-ml100k loadtest bench reliability lint test test-fast clean
 .DEFAULT_GOAL := help
 
 help: ## List the targets
@@ -116,7 +116,12 @@ bench: export ## In-process vs Triton latency, time per step, early vs fused, in
 	$(PY) loadtest/bench.py --repository $(REPO)/cpu --ranker $(RANKER_CKPT) --data $(DATA) --out results/bench.json $(BENCH_ARGS)
 
 reliability: setup ## Bad inputs, model swap/rollback, stub kill, soak, server restart under load -> results/reliability.json (RELIABILITY_ARGS=...)
-	$(PY) -m pinrank.reliability.run --out results/reliability.json $(RELIABILITY_ARGS)
+	$(PY) -m reliability.run --out results/reliability.json $(RELIABILITY_ARGS)
+
+LINT_PATHS := $(wildcard pinrank client/src tests reliability loadtest testkit deploy)
+lint: setup ## Ruff over the Python sources (missing folders skipped) + mypy on the client SDK (config in pyproject.toml)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/mypy
 
 test: setup ## Unit + real-Triton integration tests
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -45,7 +45,7 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
 
-    from pinrank import schema
+    from pinrank.backend import schema
 
     parity = _parity_module()
     versions = sorted((args.repository / "ranker").glob("[0-9]*"), key=lambda p: int(p.name))

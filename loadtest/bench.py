@@ -41,11 +41,19 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_latency import make_request, percentiles, time_calls, triton_caller  # noqa: E402
-from run_loadtest import STEPS, best_level, parse_instances, parse_users, run_locust, target_url, warm_up  # noqa: E402
-
-from pinrank import schema  # noqa: E402
-from pinrank.export.repository import latest_version_dir  # noqa: E402
 from request_pool import pool_from_dataset  # noqa: E402
+from run_loadtest import (  # noqa: E402
+    STEPS,
+    best_level,
+    parse_instances,
+    parse_users,
+    run_locust,
+    target_url,
+    warm_up,
+)
+
+from pinrank.backend import schema  # noqa: E402
+from pinrank.repository.layout import latest_version_dir  # noqa: E402
 
 
 def stats_snapshot(client: Any) -> dict[str, dict[str, int]]:
@@ -116,7 +124,7 @@ def in_process_steps(pre: Any, module: Any, reqs: list[dict], warmup: int) -> di
     Triton step costs beyond its own work is the serving overhead."""
     import torch
 
-    from pinrank.serving.postprocess import top_k
+    from pinrank.backend.postprocess import top_k
 
     prepped = [pre(r) for r in reqs]
 
@@ -136,7 +144,8 @@ def both_layouts(repository: Path, work: Path, single_instances: int) -> dict[st
     """{pipeline: repository}: `repository` itself, and the other layout
     republished from its artifacts (same ranker files, vocabulary, snapshot)."""
     from pinrank.export.configs import ProfileSettings
-    from pinrank.export.repository import artifact_dirs, existing_pipeline, republish
+    from pinrank.export.publish import republish
+    from pinrank.repository.layout import artifact_dirs, existing_pipeline
 
     present = existing_pipeline(repository)
     if present is None:
@@ -158,8 +167,8 @@ def bench_latency_and_shares(repos: dict[str, Path], ranker_ckpt: Path, candidat
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
-    from pinrank.serving.pipeline import InProcessRanker
-    from pinrank.serving.preprocess import Preprocessor
+    from pinrank.backend.preprocess import Preprocessor
+    from pinrank.export.inprocess import InProcessRanker
     from pinrank.serving.tritonserver import Ports, free_ports, running_server
 
     torch.set_num_threads(1)  # as the served ranker instance

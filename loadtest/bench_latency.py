@@ -16,9 +16,9 @@ from typing import Callable
 
 import click
 import numpy as np
-
-from pinrank import schema
 from pinrank_client._triton import build_inputs
+
+from pinrank.backend import schema
 
 
 def make_request(rng: np.random.Generator, vocab_ids: np.ndarray, users: np.ndarray, n: int, length: int) -> dict:
@@ -79,9 +79,9 @@ def main(repository: Path, ranker: Path, candidates: int, actions: int, num_requ
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
+    from pinrank.backend.preprocess import Preprocessor
+    from pinrank.export.inprocess import InProcessRanker
     from pinrank.models.ranker import load_serving_module
-    from pinrank.serving.pipeline import InProcessRanker
-    from pinrank.serving.preprocess import Preprocessor
     from pinrank.serving.tritonserver import running_server
 
     torch.set_num_threads(1)  # the server's ranker instance runs on one thread too

@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from pinrank import schema
+from pinrank.backend import schema
 
 
 @click.command()
@@ -49,7 +49,12 @@ def main(ranker: Path | None, mode: str, items: int, candidate_counts: tuple[int
     from pinrank.export.onnx_format import OnnxRunner, export_onnx
     from pinrank.export.parity import edge_cases
     from pinrank.export.torchscript import export_torchscript
-    from pinrank.models.ranker import Ranker, RankerConfig, RankerServing, load_serving_module
+    from pinrank.models.ranker import (
+        Ranker,
+        RankerConfig,
+        RankerServing,
+        load_serving_module,
+    )
 
     torch.set_num_threads(threads)
     if ranker is not None:

@@ -1,4 +1,4 @@
-"""What the step models' input checks (pinrank.serving.step_inputs) cost per
+"""What the step models' input checks (pinrank.backend.step_inputs) cost per
 request: each check timed in-process at several candidate counts, next to the
 ranker call it guards and the end-to-end p50 of the served ensemble (the
 repository republished from its own artifacts, so the current checks run).
@@ -27,12 +27,15 @@ sys.path.insert(0, str(HERE))
 
 from bench_latency import make_request, percentiles, time_calls, triton_caller  # noqa: E402
 
-from pinrank import schema  # noqa: E402
+from pinrank.backend import (
+    schema,  # noqa: E402
+    step_inputs,  # noqa: E402
+)
+from pinrank.backend.preprocess import Preprocessor  # noqa: E402
+from pinrank.backend.ranker_runtime import load_exported_ranker, manifest_num_items  # noqa: E402
 from pinrank.export.configs import ProfileSettings  # noqa: E402
-from pinrank.export.repository import artifact_dirs, republish  # noqa: E402
-from pinrank.serving import step_inputs  # noqa: E402
-from pinrank.serving.preprocess import Preprocessor  # noqa: E402
-from pinrank.serving.ranker_runtime import load_ranker, manifest_num_items  # noqa: E402
+from pinrank.export.publish import republish  # noqa: E402
+from pinrank.repository.layout import artifact_dirs  # noqa: E402
 from pinrank.serving.tritonserver import running_server  # noqa: E402
 
 
@@ -54,7 +57,7 @@ def in_process(repository: Path, counts: tuple[int, ...], repeats: int, rng: np.
     dirs = artifact_dirs(repository)
     pre = Preprocessor.from_dir(dirs["artifacts"] / "artifacts")
     num_items = manifest_num_items(dirs["ranker"])
-    rank = load_ranker(dirs["ranker"], "onnxruntime")
+    rank = load_exported_ranker(dirs["ranker"], "onnxruntime")
     names = [s.name for s in schema.RANKER_INPUTS]
     rows = {}
     for n in counts:

@@ -17,7 +17,12 @@ import torch
 
 from pinrank.data.dataset import load_dataset
 from pinrank.eval.splits import leave_one_out
-from pinrank.train.pinnerformer import batch_loss, draw_batch, make_optimizer, make_sampler
+from pinrank.train.pinnerformer import (
+    batch_loss,
+    draw_batch,
+    make_optimizer,
+    make_sampler,
+)
 from pinrank.train.pinnerformer_loss import DenseAllActionLoss
 from pinrank.train.recipes import build
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from pinrank_client import schema
 from pinrank_client.types import RankRequest
 

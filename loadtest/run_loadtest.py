@@ -190,7 +190,7 @@ def warm_up(url: str, pool: RequestPool, count: int) -> None:
 
 def with_instances(src: Path, dst: Path, counts: dict[str, int]) -> Path:
     """A copy of repository `src` whose models run `counts[model]` instances."""
-    from pinrank.export.configs import parse_pbtxt, to_pbtxt
+    from pinrank.repository.pbtxt import parse_pbtxt, to_pbtxt
 
     shutil.copytree(src, dst, symlinks=True)
     for model, count in counts.items():

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from pinrank import schema
+from pinrank.backend import schema
 
 
 def demo_requests(data: Path, users: int, candidates: int, seed: int = 0) -> list[dict]:
@@ -71,8 +71,9 @@ def demo(repository: Path, data: Path, users: int, candidates: int, num_requests
     """Start the bundled tritonserver on free localhost ports, rank candidates
     for a few held-out users through the pinrank-client SDK (gRPC), print the
     rankings and latency, write OUT, and stop the server."""
-    from pinrank.serving.tritonserver import ServerError, running_server
     from pinrank_client import Action, RankingClient
+
+    from pinrank.serving.tritonserver import ServerError, running_server
 
     reqs = demo_requests(data, users, candidates)
     try:

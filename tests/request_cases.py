@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pinrank import schema
-
-DAY_MS = 86_400_000
+from pinrank.backend import schema
+from pinrank.backend.units import MS_PER_DAY
 
 #: name -> make_request keyword arguments: the shapes serving must get right.
 CASES: dict[str, dict] = {
@@ -40,7 +39,7 @@ def make_request(item_ids: np.ndarray, user_ids: np.ndarray, rng: np.random.Gene
         "action_item_ids": rng.choice(item_ids, size=history),
         "action_types": rng.integers(1, schema.NUM_ACTION_IDS, size=history),
         "action_surfaces": rng.integers(0, schema.NUM_SURFACE_IDS, size=history),
-        "action_ts_ms": req_ts - rng.integers(1, 7 * DAY_MS, size=history),
+        "action_ts_ms": req_ts - rng.integers(1, 7 * MS_PER_DAY, size=history),
         "request_ts_ms": np.array([req_ts]),
     }
     if top_k is not None:

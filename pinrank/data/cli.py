@@ -15,7 +15,7 @@ from typing import Any
 import click
 import numpy as np
 
-from pinrank import schema
+from pinrank.backend import schema
 from pinrank.data.dataset import Dataset, DatasetError, load_dataset
 from pinrank.data.importers import FORMATS, SPLITS, import_source
 from pinrank.data.synthetic import QUICK, SyntheticConfig, generate

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pinrank import schema
+from pinrank.backend import schema
 
 
 class DatasetError(ValueError):

@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from pinrank import schema
+from pinrank.backend import schema
 from pinrank.data.dataset import Dataset, DatasetError, save_dataset
 
 FORMATS: tuple[str, ...] = ("movielens", "taobao", "rees46")

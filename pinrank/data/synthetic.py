@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pinrank import schema
+from pinrank.backend import schema
+from pinrank.backend.units import MS_PER_DAY, MS_PER_HOUR
 from pinrank.data.dataset import Dataset, save_dataset
+from pinrank.metrics import auc
 
 MS_PER_S = 1000
-MS_PER_HOUR = 3_600_000
-MS_PER_DAY = 86_400_000
 #: 2026-01-05 00:00 UTC, a Monday.
 DEFAULT_START_MS = 1_767_571_200_000
 #: Every action happens within this long after the request that showed it.
@@ -513,22 +513,6 @@ def generate(config: SyntheticConfig, out_dir: str | Path, progress: bool = True
 # --- signal checks ----------------------------------------------------------
 
 
-def auc(score: np.ndarray, label: np.ndarray) -> float:
-    """ROC AUC with tied scores averaged (Mann-Whitney); nan if one class."""
-    label = np.asarray(label).astype(bool)
-    n_pos = int(label.sum())
-    n_neg = label.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(score, kind="stable")
-    s = np.asarray(score)[order]
-    starts = np.concatenate([[0], np.flatnonzero(np.diff(s)) + 1])
-    ends = np.concatenate([starts[1:], [s.size]])
-    ranks = np.empty(s.size)
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    return float((ranks[label].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
 def signal_stats(ds: Dataset, truth: SyntheticTruth | None = None, window_ms: int = MS_PER_HOUR) -> dict[str, Any]:
     """How much each signal says about eval-period engagement (model-free).
 
@@ -583,12 +567,12 @@ def signal_stats(ds: Dataset, truth: SyntheticTruth | None = None, window_ms: in
         "engage_rate": float(engaged.mean()) if engaged.size else float("nan"),
         "hide_rate": float(hide.mean()) if hide.size else float("nan"),
         "auc_engage": {
-            "popularity": auc(pop, engaged),
-            "history": auc(hist, engaged),
-            "history+realtime": auc(realtime, engaged),
+            "popularity": auc(engaged, pop),
+            "history": auc(engaged, hist),
+            "history+realtime": auc(engaged, realtime),
         },
-        "auc_hide": {"popularity": auc(-pop, hide), "history": auc(-hist, hide),
-                     "history+realtime": auc(-realtime, hide)},
+        "auc_hide": {"popularity": auc(hide, -pop), "history": auc(hide, -hist),
+                     "history+realtime": auc(hide, -realtime)},
         "top1pct_item_impression_share": float(shown[:top].sum() / max(1, shown.sum())),
     }
     if truth is not None:

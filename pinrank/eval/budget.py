@@ -24,7 +24,13 @@ from tqdm.auto import tqdm
 
 from pinrank.data.dataset import Dataset
 from pinrank.train.common import seed_everything
-from pinrank.train.pinnerformer import PinnerFormerTrainConfig, batch_loss, draw_batch, make_optimizer, make_sampler
+from pinrank.train.pinnerformer import (
+    PinnerFormerTrainConfig,
+    batch_loss,
+    draw_batch,
+    make_optimizer,
+    make_sampler,
+)
 from pinrank.train.pinnerformer_loss import DenseAllActionLoss
 
 

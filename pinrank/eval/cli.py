@@ -11,8 +11,8 @@ import torch
 
 from pinrank.data.dataset import DatasetError, load_dataset
 from pinrank.eval.protocols import leave_one_out_report, window_report
-from pinrank.train.recipes import RECIPES
 from pinrank.train.pinnerformer_loss import OBJECTIVES
+from pinrank.train.recipes import RECIPES
 
 _PINRANK_RECIPES = [name for name, r in RECIPES.items() if r.model == "pinnerformer"]
 

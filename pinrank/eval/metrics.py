@@ -22,7 +22,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from pinrank.eval.splits import ProtocolSplit
-from pinrank.train.pinnerformer_eval import interest_entropy, p90_coverage, recall_at_k
+from pinrank.metrics import recall_at_k
+from pinrank.train.pinnerformer_eval import interest_entropy, p90_coverage
 
 #: scores(split, indices) -> float32 [len(indices), num_items + 1]; column 0 (OOV) is ignored.
 Scorer = Callable[[ProtocolSplit, np.ndarray], np.ndarray]

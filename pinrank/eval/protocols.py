@@ -19,13 +19,18 @@ from typing import Any, Sequence
 import numpy as np
 from torch import nn
 
-from pinrank import schema
+from pinrank.backend import schema
 from pinrank.data.dataset import Dataset
 from pinrank.eval.budget import train_for_budget
 from pinrank.eval.metrics import leave_one_out_metrics, window_metrics
-from pinrank.train.recipes import RECIPES, build
 from pinrank.eval.scorers import history_mean_scorer, popularity_scorer, tower_scorer
-from pinrank.eval.splits import LeaveOneOut, TemporalWindow, leave_one_out, temporal_window
+from pinrank.eval.splits import (
+    LeaveOneOut,
+    TemporalWindow,
+    leave_one_out,
+    temporal_window,
+)
+from pinrank.train.recipes import RECIPES, build
 
 
 def _variant_name(recipe: str, objective: str | None) -> str:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pinrank import schema
+from pinrank.backend import schema
 from pinrank.data.dataset import Dataset
-from pinrank.embed import embeddings_at
+from pinrank.embed.batch import embeddings_at
 from pinrank.eval.metrics import Scorer
 from pinrank.eval.splits import ProtocolSplit
 from pinrank.models.pinnerformer import UserTimelines

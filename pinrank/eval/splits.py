@@ -30,12 +30,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pinrank import schema
+from pinrank.backend import schema
+from pinrank.backend.units import MS_PER_DAY
 from pinrank.data.dataset import Dataset
 from pinrank.data.importers import item_embeddings, per_user_cuts
 from pinrank.models.pinnerformer import DEFAULT_SEQUENCE_ACTIONS, UserTimelines
-
-_DAY_MS = 86_400_000
 
 
 @dataclass
@@ -144,7 +143,7 @@ def temporal_window(ds: Dataset, train_fraction: float = 0.8, window_days: float
     keep = t.ts_ms < cut[row_of]
     pos = UserTimelines(ds, schema.POSITIVE_ACTIONS)
     prow = pos.rows_of(t.user_ids)
-    window_ms = int(round(window_days * _DAY_MS))
+    window_ms = int(round(window_days * MS_PER_DAY))
     rows, ends, targets = [], [], []
     for r in range(len(t)):
         end = int(t.offsets[r] + np.searchsorted(t.ts_ms[t.offsets[r]: t.offsets[r + 1]], cut[r], side="left"))

@@ -25,19 +25,24 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pinrank import schema
+from pinrank.backend import schema
+from pinrank.backend.units import MS_PER_DAY, MS_PER_HOUR
+from pinrank.backend.vocab import ItemVocab
 from pinrank.data.dataset import Dataset
-from pinrank.models.layers import MLP, TransformerBlock, l2_normalize, newest_first_causal_mask
-from pinrank.vocab import ItemVocab
+from pinrank.models.checkpoints import PINNERFORMER_KIND, load_checkpoint
+from pinrank.models.layers import (
+    MLP,
+    TransformerBlock,
+    l2_normalize,
+    newest_first_causal_mask,
+)
 
-_HOUR_MS = 3_600_000
-_DAY_MS = 24 * _HOUR_MS
 #: Absolute-time periods from the paper: 0.25h ... 365d.
 ABS_PERIODS_MS: tuple[int, ...] = tuple(
-    int(h * _HOUR_MS) for h in (0.25, 0.5, 0.75, 1, 2, 4, 8, 16, 24, 24 * 7, 24 * 28, 24 * 365)
+    int(h * MS_PER_HOUR) for h in (0.25, 0.5, 0.75, 1, 2, 4, 8, 16, 24, 24 * 7, 24 * 28, 24 * 365)
 )
 #: Relative-time periods from the paper: 32, log-spaced from 1 s to 4 weeks.
-REL_PERIODS_MS: tuple[int, ...] = tuple(int(round(p)) for p in np.geomspace(1_000, 28 * _DAY_MS, 32))
+REL_PERIODS_MS: tuple[int, ...] = tuple(int(round(p)) for p in np.geomspace(1_000, 28 * MS_PER_DAY, 32))
 #: Inputs of `PinnerFormer.forward`, in order (all [B, L]; L <= max_len).
 INPUT_NAMES: tuple[str, ...] = ("item_idx", "action", "surface", "duration_ms", "ts_ms")
 #: Actions fed to the user tower by default: everything but impressions, which
@@ -262,9 +267,7 @@ class PinnerFormer(nn.Module):
 
 def load_pinnerformer(source: str | Path | dict[str, Any]) -> tuple[PinnerFormer, dict[str, Any]]:
     """Rebuild a model (eval mode) from a "pinnerformer" checkpoint path or loaded dict."""
-    from pinrank.train.common import load_checkpoint
-
-    ckpt = load_checkpoint(source, "pinnerformer") if not isinstance(source, dict) else source
+    ckpt = load_checkpoint(source, PINNERFORMER_KIND) if not isinstance(source, dict) else source
     cfg = PinnerFormerConfig.from_dict(ckpt["config"]["model"])
     model = PinnerFormer(cfg, np.zeros((int(ckpt["config"]["num_items"]), schema.ITEM_EMB_DIM), np.float32))
     model.load_state_dict(ckpt["state_dict"])

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pinrank import schema
+from pinrank.backend import schema
+from pinrank.models.checkpoints import RANKER_KIND, load_checkpoint
 from pinrank.models.realtime import MODES, RealtimeEncoder
 
 
@@ -238,9 +239,7 @@ def ranker_from_checkpoint(ckpt: dict[str, Any]) -> Ranker:
 
 def load_ranker(checkpoint_path: str | Path) -> Ranker:
     """Trained Ranker (eval mode) from a checkpoint file."""
-    from pinrank.train.common import load_checkpoint
-
-    ckpt = load_checkpoint(checkpoint_path, kind="ranker")
+    ckpt = load_checkpoint(checkpoint_path, kind=RANKER_KIND)
     try:
         return ranker_from_checkpoint(ckpt)
     except ValueError as exc:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pinrank import schema
+from pinrank.backend import schema
 
 #: Finite "minus infinity" for attention masks: -inf NaNs fully masked rows,
 #: and -1e4 still fits fp16 (TensorRT) while softmax maps it to exactly 0.

@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import click
+from pinrank_client.admin import ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_HEADER_PREFIX
 
+from pinrank.repository.layout import existing_pipeline, published_models
 from pinrank.serving.health_endpoint import HealthEndpoint, HealthMonitor
+from pinrank.serving.model_control import StubWatchdog
 from pinrank.serving.proxy import ProxySettings
 from pinrank.serving.proxy_process import NginxProxy, ProxyError
 from pinrank.serving.supervisor import CrashLoopError, RestartPolicy, Supervisor
@@ -28,7 +31,6 @@ from pinrank.serving.tritonserver import (
     is_loopback,
     port_in_use,
 )
-from pinrank_client.admin import ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_HEADER_PREFIX
 
 log = logging.getLogger("pinrank.serve")
 
@@ -283,8 +285,6 @@ def _stub_watchdog(server: TritonServer) -> Any:
     (Triton 2.51 does not restart a dead stub, and the model stays 'ready');
     None otherwise."""
     # Imported here: they pull in protobuf config parsing, which only explicit model control needs.
-    from pinrank.export.repository import existing_pipeline, published_models
-    from pinrank.serving.model_control import StubWatchdog
 
     pipeline = existing_pipeline(Path(server.model_repository))
     if server.model_control != "explicit" or pipeline is None or server.pid is None:

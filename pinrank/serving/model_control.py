@@ -20,7 +20,19 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from pinrank.serving.health import StubProcess, descendants, is_running, process_state, remove_shm_regions
+import tritonclient.http as httpclient
+from google.protobuf import json_format
+
+from pinrank.backend import schema
+from pinrank.repository.layout import STEP_MODELS, config_path, existing_pipeline
+from pinrank.repository.pbtxt import read_config, write_config
+from pinrank.serving.health import (
+    StubProcess,
+    descendants,
+    is_running,
+    process_state,
+    remove_shm_regions,
+)
 from pinrank.serving.health import stub_processes as stubs
 
 __all__ = ["StubWatchdog", "StubProcess", "descendants", "stubs", "stub_pids", "zombie_children",
@@ -35,11 +47,7 @@ def pinned_config_json(repo: Path, model: str, version: int | Sequence[int], rel
     serves exactly these versions (and unloads the others) without touching disk.
     Triton skips a load whose config is unchanged; a `reload_nonce`
     parameter (ignored by the model) forces fresh instances."""
-    from google.protobuf import json_format
-
-    from pinrank.export.configs import parse_pbtxt
-
-    cfg = parse_pbtxt((repo / model / "config.pbtxt").read_text())
+    cfg = read_config(config_path(repo, model))
     cfg.version_policy.specific.versions[:] = [version] if isinstance(version, int) else list(version)
     if reload_nonce is not None:
         cfg.parameters["PINRANK_RELOAD_NONCE"].string_value = reload_nonce
@@ -48,19 +56,13 @@ def pinned_config_json(repo: Path, model: str, version: int | Sequence[int], rel
 
 def _write_config(repo: Path, model: str, edit: Any) -> None:
     """Rewrite <repo>/<model>/config.pbtxt through `edit(cfg)` (atomic rename)."""
-    from pinrank.export.configs import parse_pbtxt, to_pbtxt
-
-    path = Path(repo) / model / "config.pbtxt"
-    cfg = parse_pbtxt(path.read_text())
+    path = config_path(repo, model)
+    cfg = read_config(path)
     edit(cfg)
-    tmp = path.with_name(f".{path.name}.switch")
-    tmp.write_text(to_pbtxt(cfg))
-    os.replace(tmp, path)
+    write_config(path, cfg, tmp_suffix=".switch")
 
 
 def _pin_steps(repo: Path, versions: list[int]) -> None:
-    from pinrank.export.repository import STEP_MODELS
-
     def edit(cfg: Any) -> None:
         cfg.version_policy.specific.versions[:] = versions
 
@@ -69,8 +71,6 @@ def _pin_steps(repo: Path, versions: list[int]) -> None:
 
 
 def _route_to(repo: Path, version: int) -> None:
-    from pinrank import schema
-
     def edit(cfg: Any) -> None:
         for step in cfg.ensemble_scheduling.step:
             step.model_version = version
@@ -90,9 +90,6 @@ def switch_version(client: Any, repo: Path, version: int, headers: dict) -> floa
     under a "latest" ensemble would instead route some requests through a new
     preprocess and an old ranker while the switch runs.
     """
-    from pinrank import schema
-    from pinrank.export.repository import STEP_MODELS, existing_pipeline
-
     repo = Path(repo)
     t0 = time.monotonic()
     if existing_pipeline(repo) == "single":
@@ -156,8 +153,6 @@ class StubWatchdog:
 
     def __init__(self, http_url: str, server_pid: int, repo: Path, models: tuple[str, ...], headers: dict,
                  interval_s: float = 0.5, retire_after_s: float = 5.0) -> None:
-        import tritonclient.http as httpclient  # here: model_control's helpers above need no client
-
         self.client = httpclient.InferenceServerClient(http_url)
         self.server_pid, self.repo, self.models, self.headers = server_pid, Path(repo), models, headers
         self.interval_s, self.retire_after_s = interval_s, retire_after_s

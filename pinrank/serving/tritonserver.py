@@ -35,8 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
-from pinrank.serving.health import is_running, process_group, remove_shm_regions, stub_processes_in_group
 from pinrank_client.admin import ADMIN_HEADER, ADMIN_KEY_ENV, admin_headers
+
+from pinrank.repository.integrity import IntegrityError, verify_repository
+from pinrank.repository.pbtxt import ParseError, read_config
+from pinrank.serving.health import (
+    is_running,
+    process_group,
+    remove_shm_regions,
+    stub_processes_in_group,
+)
 
 #: Triton API groups that need the admin key. Health, metadata, inference and
 #: statistics stay open: the SDK, load tests and benchmarks use only those.
@@ -252,18 +260,13 @@ def validate_repository(repo: Path) -> list[str]:
     models = sorted(p.name for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not models:
         raise ServerError(f"model repository {repo} holds no models")
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    from pinrank.serving.integrity import IntegrityError, verify_repository
-
     for name in models:
         cfg = repo / name / "config.pbtxt"
         if not cfg.exists():
             raise ServerError(f"model repository {repo}: {name}/config.pbtxt is missing")
         try:
-            text_format.Parse(cfg.read_text(), model_config_pb2.ModelConfig())
-        except (text_format.ParseError, UnicodeDecodeError) as exc:
+            read_config(cfg)
+        except (ParseError, UnicodeDecodeError) as exc:
             raise ServerError(f"{cfg}: not a valid Triton ModelConfig ({exc})") from exc
     try:
         verify_repository(repo)

@@ -177,10 +177,14 @@ def embed(checkpoint: Path, data: Path, out: Path, as_of: str | None, previous: 
     --standalone --nproc_per_node=N -m pinrank.cli embed ...`): each rank
     embeds one shard and rank 0 merges them into --out.
     """
-    from pinrank.embed import build_snapshot
-    from pinrank.embed_shards import build_shard, merge_shards
-    from pinrank.snapshot import SnapshotError, UserSnapshot
-    from pinrank.train.distributed import distributed_from_env, gather_objects, world_size_from_env
+    from pinrank.backend.snapshot import SnapshotError, UserSnapshot
+    from pinrank.embed.batch import build_snapshot
+    from pinrank.embed.shards import build_shard, merge_shards
+    from pinrank.train.distributed import (
+        distributed_from_env,
+        gather_objects,
+        world_size_from_env,
+    )
 
     if (num_shards is None) != (shard_index is None):
         raise click.UsageError("give --num-shards and --shard-index together")
@@ -231,8 +235,8 @@ def embed_merge(shards: tuple[Path, ...], out: Path, previous: Path | None) -> N
     Refuses a missing or repeated shard, shards of different models, dates,
     data or previous snapshots, and overlapping users.
     """
-    from pinrank.embed_shards import EmbeddingShard, merge_shards
-    from pinrank.snapshot import SnapshotError, UserSnapshot
+    from pinrank.backend.snapshot import SnapshotError, UserSnapshot
+    from pinrank.embed.shards import EmbeddingShard, merge_shards
 
     try:
         loaded = [EmbeddingShard.load(p) for p in shards]

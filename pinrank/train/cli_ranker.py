@@ -14,14 +14,19 @@ from pinrank.train.cli_pinnerformer import BACKEND_OPTION
 from pinrank.train.distributed import SINGLE, DistContext, broadcast_object
 from pinrank.train.pinnerformer import pinnerformer_train_cut_ms
 from pinrank.train.ranker import TrainConfig
-from pinrank.train.training_cut import format_ms, ranker_periods, ranker_train_start, resolve_cut
+from pinrank.train.training_cut import (
+    format_ms,
+    ranker_periods,
+    ranker_train_start,
+    resolve_cut,
+)
 
 _DEFAULT_MODEL = RankerConfig()
 _DEFAULT_TRAIN = TrainConfig()
 
 
 def _load_snapshot_dir(root: Path) -> list:
-    from pinrank.snapshot import UserSnapshot
+    from pinrank.backend.snapshot import UserSnapshot
 
     subdirs = sorted(p for p in root.iterdir() if (p / "user_ids.npy").exists())
     if (root / "user_ids.npy").exists():
@@ -41,9 +46,9 @@ def _snapshots(ds, pinnerformer: Path | None, snapshots_dir: Path | None,  # typ
         assert snapshots_dir is not None
         return _load_snapshot_dir(snapshots_dir)
     try:
-        from pinrank.embed import build_daily_snapshots
+        from pinrank.embed.batch import build_daily_snapshots
     except ImportError as exc:
-        raise click.ClickException(f"cannot build snapshots: pinrank.embed is unavailable ({exc})") from None
+        raise click.ClickException(f"cannot build snapshots: pinrank.embed.batch is unavailable ({exc})") from None
 
     if not ctx.is_main:
         return broadcast_object(None, ctx)
@@ -113,11 +118,12 @@ def train_ranker(data: Path, pinnerformer: Path | None, no_pinnerformer: bool, s
     import numpy as np
     import torch
 
+    from pinrank.backend.snapshot import SnapshotError
     from pinrank.data.dataset import DatasetError, load_dataset
-    from pinrank.snapshot import SnapshotError
     from pinrank.train.common import write_json
     from pinrank.train.distributed import distributed_from_env
-    from pinrank.train.ranker import format_metrics, train_ranker as run_training
+    from pinrank.train.ranker import format_metrics
+    from pinrank.train.ranker import train_ranker as run_training
     from pinrank.train.ranker_data import build_ranker_data
 
     chosen = [pinnerformer is not None, no_pinnerformer, snapshots_dir is not None and pinnerformer is None]

@@ -26,9 +26,17 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pinrank import schema
+from pinrank.backend import schema
+from pinrank.backend.units import MS_PER_DAY
 from pinrank.data.dataset import Dataset
-from pinrank.embed import user_embeddings
+from pinrank.embed.batch import user_embeddings
+from pinrank.metrics import recall_at_k
+from pinrank.models.checkpoints import (
+    PINNERFORMER_KIND,
+    load_checkpoint,
+    pinnerformer_config,
+    save_checkpoint,
+)
 from pinrank.models.pinnerformer import (
     PinnerFormer,
     PinnerFormerConfig,
@@ -36,13 +44,16 @@ from pinrank.models.pinnerformer import (
     load_pinnerformer,
     to_tensors,
 )
-from pinrank.train.common import load_checkpoint, plot_curves, save_checkpoint, seed_everything
+from pinrank.train.common import plot_curves, seed_everything
 from pinrank.train.distributed import SINGLE, DistContext, even_bounds, gather_rows
-from pinrank.train.pinnerformer_loss import DenseAllActionLoss, DenseAllActionSampler, DenseBatch
+from pinrank.train.pinnerformer_loss import (
+    DenseAllActionLoss,
+    DenseAllActionSampler,
+    DenseBatch,
+)
 from pinrank.train.training_cut import check_cut_in_training_period, format_ms
 
-_DAY_MS = 86_400_000
-KIND = "pinnerformer"
+KIND = PINNERFORMER_KIND
 
 
 @dataclass
@@ -273,7 +284,7 @@ def eval_targets(ds: Dataset, sequence_actions: Any, window_days: float) -> tupl
     """History timelines (before train_end_ms), the evaluated history rows and each one's
     distinct positive items in [train_end, train_end + window_days)."""
     t0 = ds.train_end_ms
-    t1 = t0 + int(window_days * _DAY_MS)
+    t1 = t0 + int(window_days * MS_PER_DAY)
     hist = UserTimelines(ds, sequence_actions, before_ms=t0)
     pos = UserTimelines(ds, schema.POSITIVE_ACTIONS)
     rows = hist.rows_of(pos.user_ids)
@@ -285,11 +296,6 @@ def eval_targets(ds: Dataset, sequence_actions: Any, window_days: float) -> tupl
             truth.append(np.unique(pos.item_idx[lo:hi][sel]))
             users.append(int(hrow))
     return hist, users, truth
-
-
-def _recall(top: np.ndarray, truth: list[np.ndarray]) -> float:
-    vals = [np.isin(t, top_row).sum() / t.size for top_row, t in zip(top, truth)]
-    return float(np.mean(vals)) if vals else float("nan")
 
 
 @torch.inference_mode()
@@ -314,16 +320,16 @@ def evaluate_recall(model: PinnerFormer, ds: Dataset, k: int = 10, window_days: 
         scores[:, 0] = -math.inf
         tops.append(scores.topk(k, dim=1).indices.numpy())
     model.train(was_training)
-    result["recall"] = _recall(np.concatenate(tops), truth)
+    result["recall"] = recall_at_k(np.concatenate(tops), truth)
 
     def pop_top(since_ms: int) -> np.ndarray:
         counts = np.bincount(train_pos.item_idx[train_pos.ts_ms >= since_ms], minlength=model.num_items + 1)
         counts[0] = -1
         return np.argsort(-counts, kind="stable")[:k]
 
-    result["pop_recall"] = _recall(np.tile(pop_top(-2**62), (len(truth), 1)), truth)
-    recent = t0 - int(window_days * _DAY_MS)
-    result["recent_pop_recall"] = _recall(np.tile(pop_top(recent), (len(truth), 1)), truth)
+    result["pop_recall"] = recall_at_k(np.tile(pop_top(-2**62), (len(truth), 1)), truth)
+    recent = t0 - int(window_days * MS_PER_DAY)
+    result["recent_pop_recall"] = recall_at_k(np.tile(pop_top(recent), (len(truth), 1)), truth)
     return result
 
 
@@ -417,7 +423,7 @@ def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfi
             return
         save_checkpoint(
             out, kind=KIND, model=model, optimizer=opt, step=step,
-            config={"model": model_cfg.to_dict(), "train": asdict(cfg), "num_items": ds.num_items},
+            config=pinnerformer_config(model_cfg.to_dict(), ds.num_items, train=asdict(cfg)),
             extra={"loss_state": loss_fn.state_dict(), "rng_state": rng.bit_generator.state,
                    "history": history, "log_window": dict(window), "item_ids": ds.item_ids.copy(),
                    "dataset_meta": full_meta, "train_cut_ms": cut},

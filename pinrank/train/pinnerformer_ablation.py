@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from pinrank import schema
+from pinrank.backend import schema
 from pinrank.train.common import write_report
 
 #: (objective, negatives, logq) rows, the paper's comparisons first.
@@ -79,7 +79,10 @@ def main(data: Path, out: Path, work: Path, steps: int, threads: int, only: tupl
     from pinrank.data.dataset import DatasetError, load_dataset
     from pinrank.models.pinnerformer import load_pinnerformer
     from pinrank.train.pinnerformer import PinnerFormerTrainConfig, train_pinnerformer
-    from pinrank.train.pinnerformer_eval import evaluate_inference_modes, evaluate_pinnerformer
+    from pinrank.train.pinnerformer_eval import (
+        evaluate_inference_modes,
+        evaluate_pinnerformer,
+    )
 
     torch.set_num_threads(threads)
     try:

@@ -35,18 +35,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from pinrank import schema
+from pinrank.backend import schema
+from pinrank.backend.units import MS_PER_DAY
 from pinrank.data.dataset import Dataset
-from pinrank.embed import user_embeddings
+from pinrank.embed.batch import user_embeddings
 from pinrank.models.pinnerformer import PinnerFormer, UserTimelines
-from pinrank.train.pinnerformer import _recall, eval_targets
-
-_DAY_MS = 86_400_000
-
-
-def recall_at_k(top: np.ndarray, truth: list[np.ndarray]) -> float:
-    """Mean over users of |top[u] ∩ truth[u]| / |truth[u]| (truth = distinct items)."""
-    return _recall(top, truth)
+from pinrank.metrics import recall_at_k
+from pinrank.train.pinnerformer import eval_targets
 
 
 def p90_coverage(top: np.ndarray, num_items: int, q: float = 0.9) -> float:
@@ -165,7 +160,7 @@ def interest_oracle_top_k(ds: Dataset, user_ids: np.ndarray, k: int) -> np.ndarr
     if cfg is None:
         return None
     _, truth = simulate(cfg)
-    day = (ds.train_end_ms - cfg.start_ms) // _DAY_MS - 1
+    day = (ds.train_end_ms - cfg.start_ms) // MS_PER_DAY - 1
     rows = np.searchsorted(truth.user_ids, np.asarray(user_ids, dtype=np.int64))
     theta = truth.theta[rows, day]  # [U, topics]
     train_pos = UserTimelines(ds, schema.POSITIVE_ACTIONS, before_ms=ds.train_end_ms)
@@ -182,7 +177,7 @@ def eval_events(ds: Dataset, window_days: float) -> tuple[np.ndarray, np.ndarray
     [train_end, train_end + window), for users with history before train_end."""
     t0 = ds.train_end_ms
     pos = UserTimelines(ds, schema.POSITIVE_ACTIONS)
-    sel = (pos.ts_ms >= t0) & (pos.ts_ms < t0 + int(window_days * _DAY_MS))
+    sel = (pos.ts_ms >= t0) & (pos.ts_ms < t0 + int(window_days * MS_PER_DAY))
     users = np.repeat(pos.user_ids, pos.lengths)[sel]
     items, ts = pos.item_idx[sel], pos.ts_ms[sel]
     # Rows are sorted by (user, ts) already, so np.unique's first index is the earliest event.
@@ -197,7 +192,7 @@ def live_cut_ms(mode: str, train_end_ms: int, ts_ms: np.ndarray) -> np.ndarray:
     if mode == "once":
         return np.full_like(ts_ms, train_end_ms)
     if mode == "daily":
-        return train_end_ms + (ts_ms - train_end_ms) // _DAY_MS * _DAY_MS
+        return train_end_ms + (ts_ms - train_end_ms) // MS_PER_DAY * MS_PER_DAY
     if mode == "realtime":
         return ts_ms
     raise ValueError(f"unknown inference mode {mode!r}; expected one of {INFERENCE_MODES}")

@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pinrank.backend.units import MS_PER_DAY
 from pinrank.models.pinnerformer import UserTimelines
 
-_DAY_MS = 86_400_000
 OBJECTIVES = ("dense_all_action", "all_action", "sasrec", "next_action")
 NEGATIVES = ("mixed", "in_batch", "random", "full")
 #: Where a training window ends: at a uniformly drawn action ("random": every
@@ -87,7 +87,7 @@ class DenseAllActionSampler:
         self.newest_only = objective in ("all_action", "next_action")
         self.next_label = objective in ("sasrec", "next_action")
         self.seq, self.pos = seq, positives
-        self.window_ms = int(round(window_days * _DAY_MS))
+        self.window_ms = int(round(window_days * MS_PER_DAY))
         self.max_len = max_len
         self.positions_per_seq = positions_per_seq
         self.include_newest = include_newest

@@ -27,9 +27,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pinrank import schema
+from pinrank.backend import schema
+from pinrank.metrics import auc
+from pinrank.models.checkpoints import (
+    RANKER_KIND,
+    load_checkpoint,
+    ranker_config,
+    save_checkpoint,
+)
 from pinrank.models.ranker import Ranker, RankerConfig, ranker_from_checkpoint
-from pinrank.train.common import load_checkpoint, plot_curves, save_checkpoint, seed_everything
+from pinrank.train.common import plot_curves, seed_everything
 from pinrank.train.distributed import SINGLE, DistContext, weighted_bounds
 from pinrank.train.ranker_data import RankerData
 
@@ -63,25 +70,6 @@ def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, weight_matrix: torc
 
 
 # --- metrics -------------------------------------------------------------------
-
-
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC (Mann-Whitney, ties count half); NaN when only one class is present."""
-    y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    sorted_s = s[order]
-    ranks = np.empty(s.size, np.float64)
-    # average rank (1-based) within each run of tied scores
-    starts = np.flatnonzero(np.concatenate([[True], sorted_s[1:] != sorted_s[:-1]]))
-    ends = np.concatenate([starts[1:], [s.size]])
-    avg = (starts + ends + 1) / 2.0
-    ranks[order] = np.repeat(avg, ends - starts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def hit_at_k(req_index: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int = 3,
@@ -304,7 +292,7 @@ def train_ranker(train: RankerData, item_emb: np.ndarray, model_cfg: RankerConfi
     step = 0
     prior_seconds = 0.0
     if resume and out is not None and Path(out).exists():
-        ckpt = load_checkpoint(out, kind="ranker")
+        ckpt = load_checkpoint(out, kind=RANKER_KIND)
         saved = RankerConfig.from_dict(ckpt["config"]["ranker"])
         if saved != model_cfg:
             raise ValueError(f"{out}: checkpoint architecture {saved} differs from requested {model_cfg}")
@@ -333,10 +321,8 @@ def train_ranker(train: RankerData, item_emb: np.ndarray, model_cfg: RankerConfi
         if out is None or not ctx.is_main:
             return
         save_checkpoint(
-            out, kind="ranker", model=model, optimizer=opt, step=at_step,
-            config={"ranker": model_cfg.to_dict(), "train": asdict(cfg), "num_items": model.num_items,
-                    "schema_version": schema.SCHEMA_VERSION, "heads": list(schema.HEADS),
-                    "realtime_seq_len": schema.REALTIME_SEQ_LEN},
+            out, kind=RANKER_KIND, model=model, optimizer=opt, step=at_step,
+            config=ranker_config(model_cfg.to_dict(), model.num_items, train=asdict(cfg)),
             extra={**ckpt_extra, "history": history, "metrics": metrics,
                    "train_seconds": seconds() if train_seconds is None else train_seconds,
                    "scheduler": sched.state_dict()},
@@ -382,7 +368,7 @@ def train_ranker(train: RankerData, item_emb: np.ndarray, model_cfg: RankerConfi
 
 def load_trained(checkpoint_path: str | Path) -> tuple[Ranker, dict[str, Any]]:
     """(eval-mode Ranker, checkpoint dict) from a ranker checkpoint."""
-    ckpt = load_checkpoint(checkpoint_path, kind="ranker")
+    ckpt = load_checkpoint(checkpoint_path, kind=RANKER_KIND)
     return ranker_from_checkpoint(ckpt), ckpt
 
 

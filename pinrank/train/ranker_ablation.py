@@ -33,9 +33,14 @@ from typing import Any
 
 import click
 
-from pinrank import schema
+from pinrank.backend import schema
 from pinrank.train.common import write_report
-from pinrank.train.training_cut import format_ms, ranker_periods, ranker_train_start, resolve_cut
+from pinrank.train.training_cut import (
+    format_ms,
+    ranker_periods,
+    ranker_train_start,
+    resolve_cut,
+)
 
 #: name -> RankerConfig overrides.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -103,10 +108,10 @@ def main(data: Path, pinnerformer: Path, out: Path, train_start: str | None, wor
     # Deferred so that --help and argument errors answer without loading torch and the models.
     import torch
 
+    from pinrank.backend.snapshot import SnapshotError
     from pinrank.data.dataset import DatasetError, load_dataset
-    from pinrank.embed import build_daily_snapshots
+    from pinrank.embed.batch import build_daily_snapshots
     from pinrank.models.ranker import RankerConfig
-    from pinrank.snapshot import SnapshotError
     from pinrank.train.pinnerformer import pinnerformer_train_cut_ms
     from pinrank.train.ranker import TrainConfig, train_ranker
     from pinrank.train.ranker_cost import gflop_per_request, ms_per_request

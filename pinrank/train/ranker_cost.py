@@ -15,7 +15,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pinrank import schema
+from pinrank.backend import schema
 from pinrank.models.ranker import Ranker, RankerServing, example_serving_inputs
 
 

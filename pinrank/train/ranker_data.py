@@ -6,7 +6,7 @@ request. Training batches hold whole requests, so the fused ranker encodes
 each sequence once and memory stays O(R x L), not O(impressions x L).
 
 Offline/online parity: every sequence comes from
-`pinrank.serving.featurize.featurize_history` and every context vector from
+`pinrank.backend.featurize.featurize_history` and every context vector from
 `context_features`, the functions the serving preprocess calls. The history
 of a request is the user's actions strictly before the request timestamp.
 """
@@ -19,13 +19,12 @@ from typing import Callable, Sequence, Union
 import numpy as np
 import torch
 
-from pinrank import schema
+from pinrank.backend import schema
+from pinrank.backend.featurize import context_features, featurize_history
+from pinrank.backend.snapshot import UserSnapshot
+from pinrank.backend.units import MS_PER_DAY
+from pinrank.backend.vocab import ItemVocab
 from pinrank.data.dataset import Dataset
-from pinrank.serving.featurize import context_features, featurize_history
-from pinrank.snapshot import UserSnapshot
-from pinrank.vocab import ItemVocab
-
-MS_PER_DAY = 86_400_000
 
 #: (user_ids [n], day_start_ms) -> (emb [n, USER_EMB_DIM] float32, known [n] bool)
 UserEmbFn = Callable[[np.ndarray, int], "tuple[np.ndarray, np.ndarray]"]

@@ -27,11 +27,14 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from pinrank.models.pinnerformer import DEFAULT_SEQUENCE_ACTIONS, PinnerFormer, PinnerFormerConfig
+from pinrank.models.pinnerformer import (
+    DEFAULT_SEQUENCE_ACTIONS,
+    PinnerFormer,
+    PinnerFormerConfig,
+)
 from pinrank.models.sasrec import SASRec, SASRecConfig
 from pinrank.train.pinnerformer import PinnerFormerTrainConfig
 from pinrank.train.pinnerformer_loss import OBJECTIVES
-
 
 #: An exact softmax costs (labelled rows x catalogue) per step: 3 s a step
 #: on ml-latest-small's 9,742 items here, against 0.3 s on ML-100K's 1,682.

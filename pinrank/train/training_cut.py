@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pinrank.backend.units import MS_PER_DAY
+
 if TYPE_CHECKING:  # annotations only: ranker_data pulls in the serving featurizer
     from pinrank.data.dataset import Dataset
     from pinrank.train.ranker_data import RankerData
 
-MS_PER_DAY = 86_400_000
 
 
 def format_ms(ms: int) -> str:

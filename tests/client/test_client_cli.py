@@ -6,7 +6,6 @@ import socket
 
 import pytest
 from click.testing import CliRunner
-
 from pinrank_client import RankResponse, cli, schema
 from pinrank_client.client import Health
 

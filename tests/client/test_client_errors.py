@@ -4,8 +4,6 @@ import asyncio
 import socket
 
 import pytest
-from tritonclient.utils import InferenceServerException
-
 from pinrank_client import RankRequest, errors, validation
 from pinrank_client.errors import (
     AccessDeniedError,
@@ -18,6 +16,7 @@ from pinrank_client.errors import (
     ServerUnavailableError,
     map_exception,
 )
+from tritonclient.utils import InferenceServerException
 
 
 def ise(status, msg):

@@ -12,7 +12,6 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from pinrank_client import (
     Action,
     ActionHistory,

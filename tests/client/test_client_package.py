@@ -8,9 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import pinrank_client
+import pytest
 
 CLIENT_DIR = Path(__file__).resolve().parents[2] / "client"
 

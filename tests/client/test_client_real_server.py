@@ -14,11 +14,12 @@ import asyncio
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
-
 import sdk_call  # tests/client/, on sys.path as the test's own folder
-from export_inputs import make_export_inputs  # tests/ is on sys.path via tests/conftest.py
-from pf_data import DAY_MS, START_MS
+from click.testing import CliRunner
+from testkit.export_inputs import (
+    make_export_inputs,  # tests/ is on sys.path via tests/conftest.py
+)
+from testkit.toy_data import START_MS
 from pinrank_client import (
     Action,
     AsyncRankingClient,
@@ -32,9 +33,11 @@ from pinrank_client import (
     cli,
 )
 
+from pinrank.backend.units import MS_PER_DAY
+
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
-REQ_TS = START_MS + 50 * DAY_MS
+REQ_TS = START_MS + 50 * MS_PER_DAY
 FLAVOURS = ["sync", "async"]
 
 

@@ -9,8 +9,6 @@ import time
 
 import numpy as np
 import pytest
-from tritonclient.utils import InferenceServerException
-
 from pinrank_client import (
     AsyncRankingClient,
     InvalidArgumentError,
@@ -30,6 +28,7 @@ from pinrank_client import (
 from pinrank_client._retry import EndpointPool, acall_with_retries, call_with_retries
 from pinrank_client._triton import grpc_channel_args
 from pinrank_client.client import Health
+from tritonclient.utils import InferenceServerException
 
 NOW = 1_718_000_000_000
 A, B, C = (parse_url(f"grpc://h{i}:1") for i in range(3))

@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-
 from pinrank_client import RankRequest, _triton, schema, types
-from pinrank_client._triton import build_inputs, contract_mismatches, normalize_index, normalize_metadata
+from pinrank_client._triton import (
+    build_inputs,
+    contract_mismatches,
+    normalize_index,
+    normalize_metadata,
+)
 
 NOW = 1_718_000_000_000
 

@@ -4,7 +4,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-
 from pinrank_client import (
     Action,
     ActionHistory,

@@ -1,7 +1,6 @@
 """Server URL and protocol parsing."""
 
 import pytest
-
 from pinrank_client import parse_url, parse_urls
 from pinrank_client._url import Endpoint
 

@@ -14,7 +14,6 @@ from typing import Any, Iterator
 
 import grpc
 import pytest
-
 import sdk_call  # tests/client/, on sys.path as the test's own folder
 from pinrank_client import InvalidArgumentError, RankRequest
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pinrank import schema
+from pinrank.backend import schema
 from pinrank.data.dataset import Dataset, DatasetError, load_dataset, save_dataset
 
 A = schema.ACTION_IDS

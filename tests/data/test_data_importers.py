@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pinrank import schema
+from pinrank.backend import schema
 from pinrank.data.dataset import DatasetError, load_dataset
 from pinrank.data.importers import (
     ML100K_GENRES,

@@ -9,9 +9,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pinrank import schema
+from pinrank.backend import schema
 from pinrank.data.dataset import load_dataset
-from pinrank.data.synthetic import ACTION_WINDOW_MS, QUICK, generate, signal_stats, simulate
+from pinrank.data.synthetic import (
+    ACTION_WINDOW_MS,
+    QUICK,
+    generate,
+    signal_stats,
+    simulate,
+)
 
 FILES = ("actions.parquet", "impressions.parquet", "items.parquet", "item_embeddings.npy", "meta.json")
 

@@ -28,10 +28,10 @@ import kubernetes_validate
 import numpy as np
 import pytest
 import yaml
-
-from pinrank import schema
-from pinrank.serving import tritonserver as local_server
 from pinrank_client import admin
+
+from pinrank.backend import schema
+from pinrank.serving import tritonserver as local_server
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -565,8 +565,9 @@ def test_pod_meets_the_restricted_pod_security_standard(triton):
 
 
 def test_gpu_and_rollout_settings(triton, started_with):
-    from pinrank.export.configs import profile_configs
     from tritonclient.grpc import model_config_pb2 as mc
+
+    from pinrank.export.configs import profile_configs
 
     ranker = profile_configs("gpu")[schema.RANKER_MODEL]
     assert ranker.instance_group[0].kind == mc.ModelInstanceGroup.Kind.Value("KIND_GPU")
@@ -712,10 +713,9 @@ def check_self_contained(repo: Path) -> None:
 def gpu_repository(tmp_path) -> Path:
     """A `gpu` repository as `pinrank export --target gpu` lays it out (the
     ranker file is a stand-in: the libtorch backend, not Python, loads it)."""
-    from pinrank.export.repository import write_repository
-
-    from pinrank.snapshot import UserSnapshot
-    from pinrank.vocab import ItemVocab
+    from pinrank.backend.snapshot import UserSnapshot
+    from pinrank.backend.vocab import ItemVocab
+    from pinrank.export.publish import write_repository
 
     ranker = tmp_path / "ranker.pt"
     ranker.write_bytes(b"not loaded by these tests")
@@ -751,7 +751,7 @@ def test_dockerfile_readability_check_runs_on_an_export(gpu_repository):
 def test_self_containment_check_can_fail(gpu_repository, breakage):
     version = gpu_repository / schema.PREPROCESS_MODEL / "1"
     if breakage == "vendored module missing":
-        (version / "_vendor" / "pinrank" / "serving" / "featurize.py").unlink()
+        (version / "_vendor" / "pinrank" / "backend" / "featurize.py").unlink()
     else:
         model = version / "model.py"
         model.write_text("import torch\n" + model.read_text())

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pinrank import schema
+from pinrank.backend import schema
 from pinrank.serving import proxy
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from pinrank import schema
+from testkit.toy_data import START_MS, make_toy_dataset
+from pinrank.backend import schema
+from pinrank.backend.units import MS_PER_DAY
 from pinrank.data.dataset import Dataset
 from pinrank.eval.splits import leave_one_out, temporal_window
 from pinrank.models.pinnerformer import UserTimelines
-from pf_data import DAY_MS, START_MS, make_toy_dataset
 
 A = schema.ACTION_IDS
 
@@ -19,13 +19,13 @@ def _log(rows: list[tuple[int, int, str, int]], n_items: int = 6) -> Dataset:
     u, i, a, t = zip(*rows)
     actions = {"user_id": np.asarray(u, np.int64), "item_id": np.asarray(i, np.int64),
                "action": np.asarray([A[x] for x in a], np.int64), "surface": np.ones(len(u), np.int64),
-               "ts_ms": START_MS + np.asarray(t, np.int64) * DAY_MS + np.arange(len(u)),
+               "ts_ms": START_MS + np.asarray(t, np.int64) * MS_PER_DAY + np.arange(len(u)),
                "duration_ms": np.full(len(u), -1, np.int64)}
     ids = np.arange(1, n_items + 1, dtype=np.int64) * 10
     return Dataset(actions, ids, np.arange(n_items, dtype=np.int32) % 2,
                    np.random.default_rng(0).normal(size=(n_items, schema.ITEM_EMB_DIM)).astype(np.float32),
-                   {"source": "t", "start_ms": START_MS, "end_ms": START_MS + 100 * DAY_MS,
-                    "train_end_ms": START_MS + 50 * DAY_MS})
+                   {"source": "t", "start_ms": START_MS, "end_ms": START_MS + 100 * MS_PER_DAY,
+                    "train_end_ms": START_MS + 50 * MS_PER_DAY})
 
 
 def test_leave_one_out_targets_inputs_and_training_rows():
@@ -77,7 +77,7 @@ def test_temporal_window_cuts_each_user_and_takes_window_positives():
     assert users.tolist() == [1, 2]
     assert [ds_t.size for ds_t in split.test.targets] == [1, 1]
     tr = split.train.actions
-    assert tr["ts_ms"][tr["user_id"] == 2].max() < START_MS + 60 * DAY_MS
+    assert tr["ts_ms"][tr["user_id"] == 2].max() < START_MS + 60 * MS_PER_DAY
     assert (tr["user_id"] == 2).sum() == 4 and (tr["user_id"] == 1).sum() == 4
 
 
@@ -90,7 +90,7 @@ def test_temporal_window_excludes_hides_from_targets_and_users_without_any():
 def test_temporal_window_uses_the_datasets_own_per_user_cuts():
     ds = _log([(1, 10, "save", 0), (1, 20, "save", 1), (1, 30, "save", 2), (1, 40, "save", 3)])
     ds.user_train_end_ms = {"user_id": np.asarray([1], np.int64),
-                            "train_end_ms": np.asarray([START_MS + 1 * DAY_MS + 2], np.int64)}
+                            "train_end_ms": np.asarray([START_MS + 1 * MS_PER_DAY + 2], np.int64)}
     split = temporal_window(ds, train_fraction=0.9)
     assert (split.train.actions["user_id"] == 1).sum() == 2
     assert split.test.targets[0].size == 2

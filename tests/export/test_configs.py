@@ -1,8 +1,14 @@
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from pinrank import schema
-from pinrank.export.configs import PROFILES, ProfileSettings, parse_pbtxt, profile_configs, ranker_config, to_pbtxt
+from pinrank.backend import schema
+from pinrank.export.configs import (
+    PROFILES,
+    ProfileSettings,
+    profile_configs,
+    ranker_config,
+)
+from pinrank.repository.pbtxt import parse_pbtxt, to_pbtxt
 
 
 @pytest.mark.parametrize("profile", PROFILES)

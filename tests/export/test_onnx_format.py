@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from testkit.export_inputs import (
+    make_export_inputs,  # tests/ is on sys.path via tests/conftest.py
+)
 
-from export_inputs import make_export_inputs  # tests/ is on sys.path via tests/conftest.py
-from pinrank import schema
+from pinrank.backend import schema
 from pinrank.export import onnx_format
-from pinrank.export.configs import parse_pbtxt
 from pinrank.export.onnx_format import OnnxRunner, dynamic_axes, export_onnx
 from pinrank.export.parity import ParityError, ParityReport, check_parity, edge_cases
 from pinrank.models.ranker import Ranker, RankerConfig, RankerServing
-from pinrank.models.realtime import MODES
+from pinrank.repository.pbtxt import parse_pbtxt
 
 NUM_ITEMS = 40
 
@@ -200,7 +201,8 @@ def test_cli_failing_required_gate_publishes_nothing(tmp_path, inputs, monkeypat
 
 def test_cli_instances_reach_every_profile_and_default_to_profile_settings(tmp_path, inputs):
     from pinrank.export.cli import export
-    from pinrank.export.configs import ProfileSettings, parse_pbtxt
+    from pinrank.export.configs import ProfileSettings
+    from pinrank.repository.pbtxt import parse_pbtxt
 
     d = ProfileSettings()
     default = next(p.default for p in export.params if p.name == "instances")

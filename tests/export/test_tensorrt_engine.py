@@ -11,13 +11,20 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from testkit.export_inputs import (
+    make_export_inputs,  # tests/ is on sys.path via tests/conftest.py
+)
 
-from export_inputs import make_export_inputs  # tests/ is on sys.path via tests/conftest.py
-from pinrank import schema
+from pinrank.backend import schema
 from pinrank.export import tensorrt_engine
-from pinrank.export.configs import ProfileSettings, parse_pbtxt, profile_configs
+from pinrank.export.configs import ProfileSettings, profile_configs
 from pinrank.export.parity import ParityError, ParityReport, edge_cases
-from pinrank.export.tensorrt_engine import EngineExport, profile_shapes, tensorrt_available
+from pinrank.export.tensorrt_engine import (
+    EngineExport,
+    profile_shapes,
+    tensorrt_available,
+)
+from pinrank.repository.pbtxt import parse_pbtxt
 
 
 def test_profile_shapes_come_from_the_schema():

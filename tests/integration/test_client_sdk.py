@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from export_inputs import make_export_inputs  # tests/ is on sys.path via tests/conftest.py
-from pf_data import DAY_MS, START_MS
+from testkit.export_inputs import (
+    make_export_inputs,  # tests/ is on sys.path via tests/conftest.py
+)
+from testkit.toy_data import START_MS
 from pinrank_client import (
     AccessDeniedError,
     AsyncRankingClient,
@@ -40,9 +41,11 @@ from pinrank_client import (
     schema,
 )
 
+from pinrank.backend.units import MS_PER_DAY
+
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
-REQ_TS = START_MS + 50 * DAY_MS  # inside the toy dataset's span
+REQ_TS = START_MS + 50 * MS_PER_DAY  # inside the toy dataset's span
 ITEMS = np.arange(1, 301, dtype=np.int64) * 7  # make_toy_dataset's item ids for num_items=300
 USERS = np.arange(60, dtype=np.int64) + 1000  # ... and its user ids for num_users=60
 FLAVOURS = ["sync", "async"]
@@ -88,7 +91,7 @@ def make_request(seed: int = 0, *, n: int = 60, history: int = 20, top_k: int | 
         rng.choice(ITEMS, size=n, replace=n > ITEMS.size),
         action_item_ids=rng.choice(ITEMS, size=history),
         action_types=rng.integers(1, schema.NUM_ACTION_IDS, size=history),
-        action_ts_ms=REQ_TS - rng.integers(1, 7 * DAY_MS, size=history),
+        action_ts_ms=REQ_TS - rng.integers(1, 7 * MS_PER_DAY, size=history),
         action_surfaces=rng.integers(0, schema.NUM_SURFACE_IDS, size=history),
         request_ts_ms=REQ_TS,
         top_k=top_k,

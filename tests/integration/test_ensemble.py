@@ -8,9 +8,9 @@ import zlib
 
 import numpy as np
 import pytest
-
 import request_cases  # tests/ is on sys.path via tests/conftest.py
-from pinrank import schema
+
+from pinrank.backend import schema
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -20,9 +20,9 @@ REQ_TS = 1_769_990_400_000  # inside the synthetic eval period
 @pytest.fixture(scope="module")
 def reference(pipeline):
     """preprocess -> eager ranker -> postprocess on the exact artifacts the server loaded."""
+    from pinrank.backend.preprocess import Preprocessor
+    from pinrank.export.inprocess import InProcessRanker
     from pinrank.models.ranker import load_serving_module
-    from pinrank.serving.pipeline import InProcessRanker
-    from pinrank.serving.preprocess import Preprocessor
 
     versions = sorted((pipeline.repository / "cpu" / "preprocess").glob("[0-9]*"), key=lambda p: int(p.name))
     return InProcessRanker(Preprocessor.from_dir(versions[-1] / "artifacts"), load_serving_module(pipeline.ranker))

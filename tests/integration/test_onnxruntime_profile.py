@@ -13,17 +13,18 @@ import zlib
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-
 import request_cases  # tests/ is on sys.path via tests/conftest.py
-from export_inputs import make_export_inputs
+from click.testing import CliRunner
+from testkit.export_inputs import make_export_inputs
+from testkit.toy_data import START_MS
 from request_cases import make_request
-from pf_data import DAY_MS, START_MS
-from pinrank import schema
+
+from pinrank.backend import schema
+from pinrank.backend.units import MS_PER_DAY
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
-REQ_TS = START_MS + 50 * DAY_MS  # inside the toy dataset's span
+REQ_TS = START_MS + 50 * MS_PER_DAY  # inside the toy dataset's span
 
 
 @pytest.fixture(scope="module", params=["ensemble", "single"])
@@ -51,9 +52,9 @@ def ort_server(ort_profile):
 @pytest.fixture(scope="module")
 def reference(ort_profile):
     """preprocess -> eager ranker -> postprocess on the artifacts the server loaded."""
+    from pinrank.backend.preprocess import Preprocessor
+    from pinrank.export.inprocess import InProcessRanker
     from pinrank.models.ranker import load_serving_module
-    from pinrank.serving.pipeline import InProcessRanker
-    from pinrank.serving.preprocess import Preprocessor
 
     root, inputs = ort_profile
     return InProcessRanker(Preprocessor.from_dir(_artifacts_model(root) / "1" / "artifacts"),
@@ -67,7 +68,7 @@ def _artifacts_model(root):
 
 
 def test_the_ranker_runs_onnxruntime(ort_profile):
-    from pinrank.export.configs import parse_pbtxt
+    from pinrank.repository.pbtxt import parse_pbtxt
 
     root, _ = ort_profile
     model = _artifacts_model(root)
@@ -77,7 +78,7 @@ def test_the_ranker_runs_onnxruntime(ort_profile):
     assert cfg.backend == "python" and cfg.parameters["RUNTIME"].string_value == "onnxruntime"
     version = model / "1"
     assert (version / "ranker.onnx").stat().st_size > 0
-    assert "load_ranker" in (version / "model.py").read_text()
+    assert "load_exported_ranker" in (version / "model.py").read_text()
     manifest = json.loads((version / "manifest.json").read_text())
     assert manifest["ranker_runtime"] == "onnxruntime" and "onnx" in manifest["formats"]
     assert manifest["parity"]["onnx"]["passed"]
@@ -93,7 +94,6 @@ CASES = {k: v for k, v in request_cases.CASES.items() if k != "default_top_k"}
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_onnxruntime_ensemble_matches_eager(ort_server, reference, case):
     import tritonclient.http as httpclient
-
     from pinrank_client._triton import build_inputs, read_outputs
 
     req = _request(np.random.default_rng(zlib.crc32(case.encode())), reference.pre, **CASES[case])
@@ -105,9 +105,8 @@ def test_onnxruntime_ensemble_matches_eager(ort_server, reference, case):
 
 def test_bad_request_gets_a_clear_error_and_the_server_stays_ready(ort_server, reference):
     import tritonclient.http as httpclient
-    from tritonclient.utils import InferenceServerException
-
     from pinrank_client._triton import build_inputs
+    from tritonclient.utils import InferenceServerException
 
     req = _request(np.random.default_rng(1), reference.pre)
     req["action_types"] = req["action_types"][:-1]  # lengths disagree

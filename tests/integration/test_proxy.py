@@ -24,11 +24,11 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from export_inputs import (
-    make_export_inputs,  # tests/ is on sys.path via tests/conftest.py
+from testkit.export_inputs import (
+    make_export_inputs,
 )
 
-from pinrank import schema
+from pinrank.backend import schema
 from pinrank.serving import proxy
 from pinrank.serving.proxy_process import NginxProxy, nginx_binary
 from pinrank.serving.tritonserver import free_ports, running_server

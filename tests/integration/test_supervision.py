@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from pinrank.reliability import hostile
-from pinrank.reliability.faults import process_tree_rss_mb
 from pinrank.serving.health import find_server_pid, is_running, stub_processes
 from pinrank.serving.tritonserver import free_ports
+from reliability import hostile
+from reliability.faults import process_tree_rss_mb
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 

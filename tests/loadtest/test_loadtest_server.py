@@ -6,15 +6,17 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
-from export_inputs import make_export_inputs  # tests/ is on sys.path via tests/conftest.py
+from testkit.export_inputs import (
+    make_export_inputs,  # tests/ is on sys.path via tests/conftest.py
+)
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 
 def test_runner_starts_a_server_and_reports(tmp_path):
-    from pinrank.cli import main as pinrank
     from run_loadtest import main as run_loadtest
+
+    from pinrank.cli import main as pinrank
 
     inputs = make_export_inputs(tmp_path / "inputs", num_items=300, num_users=60)
     exported = CliRunner().invoke(pinrank, ["export", *inputs.cli_args(), "--out", str(tmp_path / "repo"),
@@ -35,8 +37,9 @@ def test_runner_starts_a_server_and_reports(tmp_path):
 
 
 def test_bench_compares_both_layouts_and_writes_the_headline_keys(tmp_path):
-    from pinrank.cli import main as pinrank
     from bench import main as bench
+
+    from pinrank.cli import main as pinrank
 
     inputs = make_export_inputs(tmp_path / "inputs", num_items=300, num_users=60)
     exported = CliRunner().invoke(pinrank, ["export", *inputs.cli_args(), "--out", str(tmp_path / "repo"),

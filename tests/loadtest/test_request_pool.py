@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from pinrank_client import schema
 from request_pool import RequestPool, build_pool, candidate_counts
 

@@ -10,8 +10,15 @@ from pathlib import Path
 import click
 import numpy as np
 import pytest
-
-from run_loadtest import LevelStats, best_level, parse_users, plot, read_locust_stats, slo_violations, summary
+from run_loadtest import (
+    LevelStats,
+    best_level,
+    parse_users,
+    plot,
+    read_locust_stats,
+    slo_violations,
+    summary,
+)
 
 # The header locust 2.x writes in <prefix>_stats.csv.
 HEADER = ["Type", "Name", "Request Count", "Failure Count", "Median Response Time", "Average Response Time",
@@ -94,9 +101,11 @@ def test_summary_and_chart(tmp_path):
 
 
 def test_instances_option_and_repository_copy(tmp_path):
-    from pinrank import schema
-    from pinrank.export.configs import parse_pbtxt, profile_configs, to_pbtxt
     from run_loadtest import parse_instances, with_instances
+
+    from pinrank.backend import schema
+    from pinrank.export.configs import profile_configs
+    from pinrank.repository.pbtxt import parse_pbtxt, to_pbtxt
 
     assert parse_instances(None, None, "1:2:1,2:2:1") == [(1, 2, 1), (2, 2, 1)]  # type: ignore[arg-type]
     assert parse_instances(None, None, None) == []  # type: ignore[arg-type]

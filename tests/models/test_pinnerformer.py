@@ -7,10 +7,17 @@ import io
 import numpy as np
 import pytest
 import torch
+from testkit.toy_data import make_toy_dataset
 
-from pf_data import make_toy_dataset  # tests/ is on sys.path via tests/conftest.py
-from pinrank import schema
-from pinrank.models.layers import MLP, MultiHeadAttention, TransformerBlock, l2_normalize, newest_first_causal_mask
+from pinrank.backend import schema
+from pinrank.backend.units import MS_PER_HOUR
+from pinrank.models.layers import (
+    MLP,
+    MultiHeadAttention,
+    TransformerBlock,
+    l2_normalize,
+    newest_first_causal_mask,
+)
 from pinrank.models.pinnerformer import (
     INPUT_NAMES,
     PinnerFormer,
@@ -20,7 +27,6 @@ from pinrank.models.pinnerformer import (
 )
 
 T0 = 1_767_571_200_000
-HOUR = 3_600_000
 
 
 def small_cfg(**over) -> PinnerFormerConfig:
@@ -40,7 +46,7 @@ def make_model(seed: int = 0, num_items: int = 50, **over) -> PinnerFormer:
 def make_inputs(batch: int = 3, length: int = 10, seed: int = 0,
                 lengths: list[int] | None = None) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    gaps = torch.randint(1, 5 * HOUR, (batch, length), generator=g)
+    gaps = torch.randint(1, 5 * MS_PER_HOUR, (batch, length), generator=g)
     ts = T0 - torch.cumsum(gaps, dim=1)  # newest first: decreasing
     x = {
         "item_idx": torch.randint(1, 51, (batch, length), generator=g),
@@ -136,7 +142,7 @@ def test_position_never_sees_newer_content(time_since_latest):
     y["duration_ms"][:, :i] = 12345
     if not time_since_latest:
         # Without the paper's "time since latest" feature even newer timestamps are invisible.
-        y["ts_ms"][:, :i] = y["ts_ms"][:, :i] + 7 * HOUR
+        y["ts_ms"][:, :i] = y["ts_ms"][:, :i] + 7 * MS_PER_HOUR
     out = model(**y)
     assert torch.allclose(out[:, i:], base[:, i:], atol=1e-5)
     assert not torch.allclose(out[:, :i], base[:, :i], atol=1e-3)
@@ -147,7 +153,7 @@ def test_time_since_latest_exposes_only_newest_timestamp():
     model = make_model(time_since_latest=True)
     x = make_inputs(batch=1, length=6)
     y = {k: v.clone() for k, v in x.items()}
-    y["ts_ms"][:, 0] += 3 * HOUR
+    y["ts_ms"][:, 0] += 3 * MS_PER_HOUR
     assert not torch.allclose(model(**y)[:, 3:], model(**x)[:, 3:], atol=1e-4)
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pinrank import schema
-from pinrank.models.realtime import MODES
+from pinrank.backend import schema
+from pinrank.models.checkpoints import save_checkpoint
 from pinrank.models.ranker import (
     Ranker,
     RankerConfig,
@@ -18,7 +18,7 @@ from pinrank.models.ranker import (
     example_serving_inputs,
     load_serving_module,
 )
-from pinrank.train.common import save_checkpoint
+from pinrank.models.realtime import MODES
 
 NUM_ITEMS = 50
 INPUT_NAMES = [s.name for s in schema.RANKER_INPUTS]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pinrank import schema
+from pinrank.backend import schema
 from pinrank.models.realtime import MODES, RealtimeEncoder, keep_mask, masked_mean_pool
 
 L = schema.REALTIME_SEQ_LEN

@@ -1,4 +1,4 @@
-"""The bad-input matrix (pinrank.reliability.bad_inputs) against the real
+"""The bad-input matrix (reliability.bad_inputs) against the real
 tritonserver: every case gets a clear answer and the server stays ready.
 
 The server serves an untrained export of the matrix's own fixtures (a tiny
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pinrank.reliability.bad_inputs import SURFACES, Case, Outcome, cases, run_matrix
+from reliability.bad_inputs import SURFACES, Case, Outcome, cases, run_matrix
 
 
 def test_the_matrix_covers_every_surface_with_at_least_40_cases():
@@ -38,8 +38,8 @@ def test_judging():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    from pinrank.reliability.bad_inputs import Fixtures
     from pinrank.serving.tritonserver import running_server
+    from reliability.bad_inputs import Fixtures
 
     root = tmp_path_factory.mktemp("bad_inputs")
     repository = Fixtures(root / "fixtures").repository

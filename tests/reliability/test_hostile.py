@@ -11,9 +11,8 @@ import threading
 import zlib
 from pathlib import Path
 
-
-from pinrank.reliability import hostile
-from pinrank.reliability.bad_inputs import base_request
+from reliability import hostile
+from reliability.bad_inputs import base_request
 
 
 def test_row1_is_a_tiny_body_declaring_2_to_the_40_elements():

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the request path's CPU half (pinrank.serving.preprocess).
+"""Property-based fuzzing of the request path's CPU half (pinrank.backend.preprocess).
 
 Whatever arrives, the Preprocessor either raises InvalidRequestError (a
 ValueError with a message) or returns exactly the ranker contract: the
@@ -21,16 +21,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
-from pinrank import schema
-from pinrank.serving.preprocess import Preprocessor, unique_in_order
-from pinrank.snapshot import UserSnapshot
-from pinrank.vocab import ItemVocab
 from pinrank_client.validation import InvalidRequestError
+
+from pinrank.backend import schema
+from pinrank.backend.preprocess import Preprocessor, unique_in_order
+from pinrank.backend.snapshot import UserSnapshot
+from pinrank.backend.units import MS_PER_HOUR
+from pinrank.backend.vocab import ItemVocab
 
 SCALE = int(os.environ.get("PINRANK_FUZZ_EXAMPLES", "0")) or None
 REQ_TS = 1_767_225_600_000
-HOUR_MS = 3_600_000
 ITEMS = np.arange(1, 61, dtype=np.int64) * 3  # ids 3, 6, ..., 180
 USERS = np.arange(100, 120, dtype=np.int64)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -95,7 +95,7 @@ def run(pre: Preprocessor, raw: dict[str, Any]) -> Any:
 
 # --- 1. anything at all ------------------------------------------------------------------
 
-EDGES = [0, 1, -1, 2, 3, 7, 100, schema.MIN_TS_MS, schema.MAX_TS_MS, REQ_TS, REQ_TS - HOUR_MS,
+EDGES = [0, 1, -1, 2, 3, 7, 100, schema.MIN_TS_MS, schema.MAX_TS_MS, REQ_TS, REQ_TS - MS_PER_HOUR,
          schema.MAX_CANDIDATES, INT64_MAX, INT64_MIN, INT64_MAX - 1]
 DTYPES = [np.int64, np.int64, np.int64, np.int32, np.uint64, np.int8, np.float64, np.float32, np.bool_]
 
@@ -130,7 +130,7 @@ def test_every_field_present_but_anything_in_it(pre, raw):
 
 @st.composite
 def plausible(draw: st.DrawFn) -> dict[str, np.ndarray]:
-    req_ts = draw(st.one_of(st.just(REQ_TS), st.integers(schema.MIN_TS_MS + 400 * 24 * HOUR_MS, schema.MAX_TS_MS)))
+    req_ts = draw(st.one_of(st.just(REQ_TS), st.integers(schema.MIN_TS_MS + 400 * 24 * MS_PER_HOUR, schema.MAX_TS_MS)))
     pool = st.one_of(st.sampled_from(ITEMS.tolist()), st.integers(0, 10**12), st.just(0), st.just(INT64_MAX))
     n = draw(st.one_of(st.integers(1, 12), st.integers(1, schema.MAX_CANDIDATES)))
     if n > 12:  # long lists: built, not drawn one by one (hypothesis caps a draw's size)
@@ -143,7 +143,7 @@ def plausible(draw: st.DrawFn) -> dict[str, np.ndarray]:
                             st.just(schema.MAX_REQUEST_ACTIONS)))
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
-    oldest = max(schema.MIN_TS_MS, req_ts - 400 * 24 * HOUR_MS)
+    oldest = max(schema.MIN_TS_MS, req_ts - 400 * 24 * MS_PER_HOUR)
     ts = rng.integers(oldest, req_ts + schema.MAX_FUTURE_SKEW_MS + 1, size=length)
     if length and draw(st.booleans()):
         ts[:] = ts[0]  # simultaneous actions: order must still be deterministic

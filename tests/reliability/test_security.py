@@ -11,8 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pinrank_client import ADMIN_HEADER, AccessDeniedError, admin_headers
+from pinrank_client.errors import map_exception
 
-from pinrank.serving.integrity import IntegrityError, verify_repository, verify_version
+from pinrank.models.checkpoints import load_checkpoint, save_checkpoint
+from pinrank.repository.integrity import (
+    IntegrityError,
+    verify_repository,
+    verify_version,
+)
 from pinrank.serving.tritonserver import (
     RESTRICTED_APIS,
     Ports,
@@ -22,9 +29,6 @@ from pinrank.serving.tritonserver import (
     resolve_admin_key,
     write_admin_key_file,
 )
-from pinrank.train.common import load_checkpoint, save_checkpoint
-from pinrank_client import ADMIN_HEADER, AccessDeniedError, admin_headers
-from pinrank_client.errors import map_exception
 
 KEY = "0123456789abcdef0123456789abcdef"
 
@@ -120,8 +124,10 @@ def test_restricted_answers_map_to_access_denied_and_are_not_retryable():
 
 @pytest.fixture(scope="module")
 def explicit_server(tmp_path_factory: pytest.TempPathFactory):
-    from export_inputs import make_export_inputs  # tests/ is on sys.path via tests/conftest.py
     from click.testing import CliRunner
+    from testkit.export_inputs import (
+        make_export_inputs,  # tests/ is on sys.path via tests/conftest.py
+    )
 
     from pinrank.cli import main
     from pinrank.serving.tritonserver import running_server

@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from pinrank.cli import main
-from pinrank.reliability import hostile
 from pinrank.serving.proxy_process import nginx_binary
 from pinrank.serving.tritonserver import free_ports
+from reliability import hostile
 
 
 def test_a_host_beyond_loopback_needs_a_proxy_decision(tmp_path):
@@ -43,8 +43,8 @@ def _status(port: int, path: str, body: bytes | None = None) -> int:
 def test_serve_with_the_proxy_ranks_through_it_and_refuses_what_crashes_triton(tmp_path):
     from pinrank_client import RankingClient
 
-    from pinrank.reliability.bad_inputs import REQ_TS, Fixtures
-    from pinrank.reliability.hostile_phase import ServeProcess
+    from reliability.bad_inputs import REQ_TS, Fixtures
+    from reliability.hostile_phase import ServeProcess
 
     repo = Fixtures(tmp_path / "fixtures").repository
     http, grpc, metrics = free_ports(3)

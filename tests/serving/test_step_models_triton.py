@@ -15,19 +15,24 @@ import urllib.request
 import numpy as np
 import pytest
 
-from pinrank import schema
-from pinrank.reliability.step_models import (bad_postprocess_inputs, bad_ranker_feeds, infer_binary,
-                                             postprocess_inputs, ranker_feed)
-from pinrank.serving.step_inputs import MAX_ABS_USER_EMB, MAX_AGE_H
+from pinrank.backend import schema
+from pinrank.backend.step_inputs import MAX_ABS_USER_EMB, MAX_AGE_H
+from reliability.step_models import (
+    bad_postprocess_inputs,
+    bad_ranker_feeds,
+    infer_binary,
+    postprocess_inputs,
+    ranker_feed,
+)
 
 pytestmark = [pytest.mark.triton, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    from pinrank.reliability.bad_inputs import Fixtures
-    from pinrank.serving.ranker_runtime import manifest_num_items
+    from pinrank.backend.ranker_runtime import manifest_num_items
     from pinrank.serving.tritonserver import running_server
+    from reliability.bad_inputs import Fixtures
 
     root = tmp_path_factory.mktemp("step_models")
     repository = Fixtures(root / "fixtures").repository

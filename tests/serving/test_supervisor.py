@@ -17,7 +17,12 @@ import pytest
 
 from pinrank.serving import health
 from pinrank.serving.health_endpoint import HealthEndpoint, HealthMonitor
-from pinrank.serving.supervisor import CrashLoopError, RestartPolicy, Supervisor, describe_exit
+from pinrank.serving.supervisor import (
+    CrashLoopError,
+    RestartPolicy,
+    Supervisor,
+    describe_exit,
+)
 from pinrank.serving.tritonserver import free_ports
 
 FAST = dict(backoff_s=0.05, max_backoff_s=0.2, live_interval_s=0.05, live_timeout_s=0.05, poll_s=0.01)

@@ -26,7 +26,13 @@ from pinrank.data.synthetic import SyntheticConfig, simulate
 from pinrank.models.pinnerformer import PinnerFormer, PinnerFormerConfig
 from pinrank.models.ranker import Ranker, RankerConfig
 from pinrank.train.common import seed_everything
-from pinrank.train.distributed import SINGLE, DistContext, even_bounds, from_env, shutdown
+from pinrank.train.distributed import (
+    SINGLE,
+    DistContext,
+    even_bounds,
+    from_env,
+    shutdown,
+)
 from pinrank.train.pinnerformer import (
     PinnerFormerStep,
     PinnerFormerTrainConfig,

@@ -10,14 +10,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import ddp_worker as worker  # pytest puts a test file's directory (tests/train) on sys.path
 import numpy as np
 import pytest
 import torch
 
-import ddp_worker as worker  # pytest puts a test file's directory (tests/train) on sys.path
 from pinrank.data.dataset import save_dataset
+from pinrank.models.checkpoints import load_checkpoint
 from pinrank.train import distributed as dist_mod
-from pinrank.train.common import load_checkpoint
 from pinrank.train.distributed import SINGLE, even_bounds, weighted_bounds
 from pinrank.train.pinnerformer_loss import NEGATIVES, DenseAllActionLoss
 from pinrank.train.ranker import weighted_bce

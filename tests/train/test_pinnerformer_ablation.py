@@ -10,13 +10,21 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from testkit.toy_data import (
+    make_toy_dataset,
+)
 
-from pf_data import DAY_MS, make_toy_dataset  # tests/ is on sys.path via tests/conftest.py
-from pinrank import schema
+from pinrank.backend import schema
+from pinrank.backend.units import MS_PER_DAY
 from pinrank.data.dataset import Dataset, save_dataset
+from pinrank.models.checkpoints import load_checkpoint
 from pinrank.models.pinnerformer import PinnerFormer, PinnerFormerConfig, UserTimelines
-from pinrank.train.common import load_checkpoint
-from pinrank.train.pinnerformer import PinnerFormerTrainConfig, make_sampler, train_pinnerformer, train_step
+from pinrank.train.pinnerformer import (
+    PinnerFormerTrainConfig,
+    make_sampler,
+    train_pinnerformer,
+    train_step,
+)
 from pinrank.train.pinnerformer_eval import (
     INFERENCE_MODES,
     eval_events,
@@ -30,7 +38,12 @@ from pinrank.train.pinnerformer_eval import (
     recall_at_k,
     top_k,
 )
-from pinrank.train.pinnerformer_loss import NEGATIVES, OBJECTIVES, DenseAllActionLoss, DenseAllActionSampler
+from pinrank.train.pinnerformer_loss import (
+    NEGATIVES,
+    OBJECTIVES,
+    DenseAllActionLoss,
+    DenseAllActionSampler,
+)
 
 SMALL_MODEL = PinnerFormerConfig(num_layers=1, hidden=32, heads=2, max_len=32, item_hidden=64)
 FAST = PinnerFormerTrainConfig(steps=2, batch_size=8, positions_per_seq=4, num_random_negatives=64,
@@ -101,7 +114,7 @@ def test_all_action_labels_newest_position_with_distinct_future_positives(toy):
         b = sampler.sample(rng, 8)
         assert (b.col == 0).all()
         src_ts, lab_ts = sampler.seq.ts_ms[b.src_flat], sampler.pos.ts_ms[b.label_flat]
-        assert (lab_ts > src_ts).all() and (lab_ts <= src_ts + int(window_days * DAY_MS)).all()
+        assert (lab_ts > src_ts).all() and (lab_ts <= src_ts + int(window_days * MS_PER_DAY)).all()
         for r in range(8):
             labs = b.label_flat[b.row == r]
             assert 1 <= labs.size <= 5 and np.unique(labs).size == labs.size
@@ -304,10 +317,10 @@ def test_interest_oracle_only_on_synthetic_data_and_beats_popularity(tmp_path, t
 
 
 def test_live_cut_follows_the_inference_mode():
-    t0 = 10 * DAY_MS
-    ts = np.array([t0, t0 + 5, t0 + DAY_MS - 1, t0 + DAY_MS, t0 + 3 * DAY_MS + 7])
+    t0 = 10 * MS_PER_DAY
+    ts = np.array([t0, t0 + 5, t0 + MS_PER_DAY - 1, t0 + MS_PER_DAY, t0 + 3 * MS_PER_DAY + 7])
     assert (live_cut_ms("once", t0, ts) == t0).all()
-    assert live_cut_ms("daily", t0, ts).tolist() == [t0, t0, t0, t0 + DAY_MS, t0 + 3 * DAY_MS]
+    assert live_cut_ms("daily", t0, ts).tolist() == [t0, t0, t0, t0 + MS_PER_DAY, t0 + 3 * MS_PER_DAY]
     assert live_cut_ms("realtime", t0, ts).tolist() == ts.tolist()
     with pytest.raises(ValueError, match="unknown inference mode"):
         live_cut_ms("hourly", t0, ts)
@@ -315,7 +328,7 @@ def test_live_cut_follows_the_inference_mode():
 
 def test_eval_events_are_first_positives_in_the_window(toy):
     users, items, ts = eval_events(toy, window_days=14.0)
-    assert (ts >= toy.train_end_ms).all() and (ts < toy.train_end_ms + 14 * DAY_MS).all()
+    assert (ts >= toy.train_end_ms).all() and (ts < toy.train_end_ms + 14 * MS_PER_DAY).all()
     pairs = set(zip(users.tolist(), items.tolist()))
     assert len(pairs) == users.size  # one event per (user, item)
     pos = UserTimelines(toy, schema.POSITIVE_ACTIONS)

@@ -8,12 +8,22 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from testkit.toy_data import (
+    START_MS,
+    make_toy_dataset,
+)
 
-from pf_data import DAY_MS, START_MS, make_toy_dataset  # tests/ is on sys.path via tests/conftest.py
-from pinrank import schema
+from pinrank.backend import schema
+from pinrank.backend.units import MS_PER_DAY
 from pinrank.data.dataset import Dataset, save_dataset
-from pinrank.models.pinnerformer import PinnerFormer, PinnerFormerConfig, UserTimelines, load_pinnerformer, to_tensors
-from pinrank.train.common import load_checkpoint, save_checkpoint
+from pinrank.models.checkpoints import load_checkpoint, save_checkpoint
+from pinrank.models.pinnerformer import (
+    PinnerFormer,
+    PinnerFormerConfig,
+    UserTimelines,
+    load_pinnerformer,
+    to_tensors,
+)
 from pinrank.train.pinnerformer import (
     PinnerFormerTrainConfig,
     draw_batch,
@@ -22,7 +32,11 @@ from pinrank.train.pinnerformer import (
     make_sampler,
     train_pinnerformer,
 )
-from pinrank.train.pinnerformer_loss import CountMinSketch, DenseAllActionLoss, DenseAllActionSampler
+from pinrank.train.pinnerformer_loss import (
+    CountMinSketch,
+    DenseAllActionLoss,
+    DenseAllActionSampler,
+)
 
 SMALL_MODEL = PinnerFormerConfig(num_layers=1, hidden=32, heads=2, max_len=32, item_hidden=64)
 FAST = PinnerFormerTrainConfig(steps=6, batch_size=16, positions_per_seq=8, num_random_negatives=128,
@@ -49,7 +63,7 @@ def test_sampled_labels_are_positives_inside_each_positions_future_window(toy):
         src_ts = seq.ts_ms[b.src_flat]
         lab_ts = pos.ts_ms[b.label_flat]
         assert (lab_ts > src_ts).all(), "label at or before its position"
-        assert (lab_ts <= src_ts + int(window_days * DAY_MS)).all(), "label beyond the future window"
+        assert (lab_ts <= src_ts + int(window_days * MS_PER_DAY)).all(), "label beyond the future window"
         assert (lab_ts < toy.train_end_ms).all(), "label from the evaluation period"
         assert np.isin(pos.action[b.label_flat], [schema.ACTION_IDS[a] for a in schema.POSITIVE_ACTIONS]).all()
         # Same user, and the label item is what the model is asked to predict.
@@ -71,12 +85,12 @@ def _hand_dataset() -> Dataset:
         "item_id": np.array([10, 11, 12, 13], dtype=np.int64),
         "action": np.array([ids["click"], ids["save"], ids["save"], ids["click"]], dtype=np.int64),
         "surface": np.ones(4, dtype=np.int64),
-        "ts_ms": START_MS + np.array([0, 1, 40, 60], dtype=np.int64) * DAY_MS,
+        "ts_ms": START_MS + np.array([0, 1, 40, 60], dtype=np.int64) * MS_PER_DAY,
         "duration_ms": np.full(4, -1, dtype=np.int64),
     }
     emb = np.eye(4, schema.ITEM_EMB_DIM, dtype=np.float32)
-    meta = {"source": "hand", "start_ms": START_MS, "end_ms": START_MS + 70 * DAY_MS,
-            "train_end_ms": START_MS + 50 * DAY_MS}
+    meta = {"source": "hand", "start_ms": START_MS, "end_ms": START_MS + 70 * MS_PER_DAY,
+            "train_end_ms": START_MS + 50 * MS_PER_DAY}
     return Dataset(actions, np.array([10, 11, 12, 13]), np.zeros(4, np.int32), emb, meta)
 
 

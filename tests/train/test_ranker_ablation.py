@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from pinrank import schema
+from pinrank.backend import schema
 from pinrank.train.ranker_ablation import VARIANTS, main
 
 

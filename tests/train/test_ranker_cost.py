@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pinrank import schema
+from pinrank.backend import schema
 from pinrank.models.ranker import Ranker, RankerConfig
 from pinrank.train.ranker_cost import gflop_per_request, ms_per_request
 

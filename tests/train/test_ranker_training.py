@@ -12,14 +12,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pinrank import schema
+from pinrank.backend import schema
+from pinrank.backend.featurize import context_features, featurize_history
+from pinrank.backend.snapshot import UserSnapshot
+from pinrank.backend.units import MS_PER_DAY, MS_PER_HOUR
+from pinrank.backend.vocab import ItemVocab
 from pinrank.data.dataset import Dataset, save_dataset
+from pinrank.models.checkpoints import load_checkpoint
 from pinrank.models.pinnerformer import PinnerFormerConfig
 from pinrank.models.ranker import RankerConfig, load_serving_module
-from pinrank.serving.featurize import context_features, featurize_history
-from pinrank.snapshot import UserSnapshot
 from pinrank.train.cli_ranker import train_ranker as train_ranker_cli
-from pinrank.train.common import load_checkpoint
 from pinrank.train.pinnerformer import (
     PinnerFormerTrainConfig,
     pinnerformer_train_cut_ms,
@@ -27,7 +29,6 @@ from pinrank.train.pinnerformer import (
 )
 from pinrank.train.ranker import (
     TrainConfig,
-    auc,
     evaluate,
     hit_at_k,
     label_weight_matrix,
@@ -37,11 +38,13 @@ from pinrank.train.ranker import (
     weighted_bce,
 )
 from pinrank.train.ranker_data import build_ranker_data, impression_positions
-from pinrank.train.training_cut import check_pinnerformer_cut, ranker_periods, ranker_train_start, resolve_cut
-from pinrank.vocab import ItemVocab
+from pinrank.train.training_cut import (
+    check_pinnerformer_cut,
+    ranker_periods,
+    ranker_train_start,
+    resolve_cut,
+)
 
-DAY = 86_400_000
-HOUR = 3_600_000
 T0 = 1_767_571_200_000  # 2026-01-05 00:00 UTC
 TOPICS = 4
 #: ../shared/data relative to the repo root (read-only real datasets; absent on some machines).
@@ -70,7 +73,7 @@ def structured_dataset(users: int = 60, requests_per_user: int = 8, days: int = 
     imps: dict[str, list] = {k: [] for k in ("request_id", "user_id", "item_id", "ts_ms", "surface", "labels")}
     rid = 0
     for u in range(users):
-        times = np.sort(rng.uniform(0.5, days, size=requests_per_user)) * DAY
+        times = np.sort(rng.uniform(0.5, days, size=requests_per_user)) * MS_PER_DAY
         for t in times.astype(np.int64) + T0:
             intent = rng.integers(TOPICS)
             on = np.flatnonzero(topic == intent)
@@ -86,7 +89,7 @@ def structured_dataset(users: int = 60, requests_per_user: int = 8, days: int = 
             acts["item_id"] += [item_ids[rng.integers(n_items)], item_ids[rng.integers(n_items)]]
             acts["action"] += [2, 4]
             acts["surface"] += [1, 2]
-            acts["ts_ms"] += [int(t) - 3 * HOUR, int(t) - 3 * HOUR]
+            acts["ts_ms"] += [int(t) - 3 * MS_PER_HOUR, int(t) - 3 * MS_PER_HOUR]
             for c in rng.choice(n_items, size=6, replace=False):
                 good = topic[c] == intent
                 bad = topic[c] == (intent + 2) % TOPICS
@@ -104,7 +107,7 @@ def structured_dataset(users: int = 60, requests_per_user: int = 8, days: int = 
     actions["duration_ms"] = np.full(order.size, -1, dtype=np.int64)
     impressions = {k: np.asarray(v, dtype=np.int64) for k, v in imps.items() if k != "labels"}
     impressions["labels"] = np.asarray(imps["labels"], dtype=np.int8)
-    meta = {"source": "test", "start_ms": T0, "end_ms": T0 + days * DAY, "train_end_ms": T0 + int(0.75 * days) * DAY}
+    meta = {"source": "test", "start_ms": T0, "end_ms": T0 + days * MS_PER_DAY, "train_end_ms": T0 + int(0.75 * days) * MS_PER_DAY}
     return Dataset(actions, item_ids, topic.astype(np.int32), item_emb, meta, impressions)
 
 
@@ -130,7 +133,7 @@ def ds() -> Dataset:
 
 
 def test_featurization_equals_serving_featurize(ds: Dataset):
-    snaps = [random_snapshot(np.arange(0, 60, 2), T0 + 2 * DAY, 1), random_snapshot(np.arange(30), T0 + 5 * DAY, 2)]
+    snaps = [random_snapshot(np.arange(0, 60, 2), T0 + 2 * MS_PER_DAY, 1), random_snapshot(np.arange(30), T0 + 5 * MS_PER_DAY, 2)]
     data = build_ranker_data(ds, snaps)
     vocab = ItemVocab(ds.item_ids)
     a = ds.actions
@@ -143,8 +146,8 @@ def test_featurization_equals_serving_featurize(ds: Dataset):
         for key, value in want.items():
             np.testing.assert_array_equal(getattr(data, key)[r], value, err_msg=key)
         assert data.history_len[r] == rows.size
-        day = ts // DAY * DAY
-        snap = None if day < T0 + 2 * DAY else snaps[0] if day < T0 + 5 * DAY else snaps[1]
+        day = ts // MS_PER_DAY * MS_PER_DAY
+        snap = None if day < T0 + 2 * MS_PER_DAY else snaps[0] if day < T0 + 5 * MS_PER_DAY else snaps[1]
         if snap is None:  # before the first snapshot: everyone is cold
             np.testing.assert_array_equal(data.user_emb[r], snaps[0].cold_start)
             assert not data.user_known[r]
@@ -183,14 +186,6 @@ def test_impression_positions_and_batches_cover_each_request_once():
 
 
 # --- metrics and loss ----------------------------------------------------------
-
-
-def test_auc_hand_examples():
-    assert auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
-    assert auc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
-    assert auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
-    assert auc([0, 1, 1, 0], [0.1, 0.4, 0.35, 0.8]) == 0.5  # 2 of 4 pairs ordered
-    assert math.isnan(auc([1, 1], [0.1, 0.2]))
 
 
 def test_hit_at_3_hand_examples():
@@ -293,13 +288,13 @@ def test_cli_trains_evaluates_and_resumes(ds: Dataset, tmp_path):
 def test_cli_snapshots_dir_and_errors(ds: Dataset, tmp_path):
     data = save_dataset(ds, tmp_path / "data")
     snaps = tmp_path / "snaps"
-    random_snapshot(np.arange(60), T0 + DAY, 3).save(snaps / "2026-01-06")
+    random_snapshot(np.arange(60), T0 + MS_PER_DAY, 3).save(snaps / "2026-01-06")
     runner = CliRunner()
     base = ["--data", str(data), "--out", str(tmp_path / "r.pt"), "--steps", "2", "--no-progress"]
     res = runner.invoke(train_ranker_cli, base + ["--snapshots-dir", str(snaps), "--train-start", "2026-01-07"])
     assert res.exit_code == 0, res.output
     assert "known users" in res.output and "from 2026-01-07" in res.output
-    assert load_checkpoint(tmp_path / "r.pt", kind="ranker")["extra"]["train_start_ms"] == T0 + 2 * DAY
+    assert load_checkpoint(tmp_path / "r.pt", kind="ranker")["extra"]["train_start_ms"] == T0 + 2 * MS_PER_DAY
     for extra, message in [
         ([], "--no-pinnerformer"),
         (["--snapshots-dir", str(snaps)], "needs --train-start"),
@@ -314,18 +309,18 @@ def test_cli_snapshots_dir_and_errors(ds: Dataset, tmp_path):
 
 def test_cli_builds_daily_snapshots_from_pinnerformer(ds: Dataset, tmp_path, monkeypatch):
     # Patched where the CLI looks them up at call time, so a stub checkpoint file will do.
-    import pinrank.embed
+    import pinrank.embed.batch
     import pinrank.train.cli_ranker
 
     calls = []
 
     def fake_build(source, dataset, start_ms, end_ms):
         calls.append((source, start_ms, end_ms))
-        days = range(int(start_ms) // DAY * DAY, int(end_ms), DAY)
+        days = range(int(start_ms) // MS_PER_DAY * MS_PER_DAY, int(end_ms), MS_PER_DAY)
         return [random_snapshot(np.arange(60), d, i) for i, d in enumerate(days)]
 
-    monkeypatch.setattr(pinrank.embed, "build_daily_snapshots", fake_build)
-    monkeypatch.setattr(pinrank.train.cli_ranker, "pinnerformer_train_cut_ms", lambda path: T0 + 3 * DAY)
+    monkeypatch.setattr(pinrank.embed.batch, "build_daily_snapshots", fake_build)
+    monkeypatch.setattr(pinrank.train.cli_ranker, "pinnerformer_train_cut_ms", lambda path: T0 + 3 * MS_PER_DAY)
     data = save_dataset(ds, tmp_path / "data")
     pf = tmp_path / "pf.pt"
     pf.write_bytes(b"stub")  # only its path travels to build_daily_snapshots
@@ -334,12 +329,12 @@ def test_cli_builds_daily_snapshots_from_pinnerformer(ds: Dataset, tmp_path, mon
         "--out", str(tmp_path / "r.pt"), "--steps", "2", "--no-progress"])
     assert res.exit_code == 0, res.output
     # Snapshots from the PinnerFormer's cut on: the ranker trains on nothing earlier.
-    assert calls == [(pf, T0 + 3 * DAY, T0 + 10 * DAY)]
+    assert calls == [(pf, T0 + 3 * MS_PER_DAY, T0 + 10 * MS_PER_DAY)]
     saved = sorted(p.name for p in (tmp_path / "snaps").iterdir())
     assert len(saved) == 7 and saved[0] == "2026-01-08"
     ckpt = load_checkpoint(tmp_path / "r.pt", kind="ranker")
     assert ckpt["config"]["ranker"]["use_pinnerformer"] and ckpt["extra"]["snapshots"] == 7
-    assert ckpt["extra"]["train_start_ms"] == ckpt["extra"]["pinnerformer_train_cut_ms"] == T0 + 3 * DAY
+    assert ckpt["extra"]["train_start_ms"] == ckpt["extra"]["pinnerformer_train_cut_ms"] == T0 + 3 * MS_PER_DAY
 
 
 def test_step_schedule_walks_epochs_of_different_lengths():
@@ -359,12 +354,12 @@ def test_step_schedule_walks_epochs_of_different_lengths():
 
 
 def test_resolve_cut_dates_fractions_and_errors(ds: Dataset):
-    assert resolve_cut("2026-01-08", ds) == T0 + 3 * DAY
+    assert resolve_cut("2026-01-08", ds) == T0 + 3 * MS_PER_DAY
     assert resolve_cut("1", ds) == ds.train_end_ms
     half = resolve_cut("0.5", ds)
-    assert half % DAY == 0 and T0 < half < ds.train_end_ms
+    assert half % MS_PER_DAY == 0 and T0 < half < ds.train_end_ms
     ts = ds.actions["ts_ms"][ds.actions["ts_ms"] < ds.train_end_ms]
-    assert np.mean(ts < half) <= 0.5 <= np.mean(ts < half + DAY)  # the midnight before the median action
+    assert np.mean(ts < half) <= 0.5 <= np.mean(ts < half + MS_PER_DAY)  # the midnight before the median action
     for bad, message in [("0", "(0, 1]"), ("1.5", "(0, 1]"), ("soon", "YYYY-MM-DD"),
                          ("2026-01-05", "outside the training period"), ("2026-01-13", "outside the training period")]:
         with pytest.raises(ValueError, match=re.escape(message)):
@@ -372,13 +367,13 @@ def test_resolve_cut_dates_fractions_and_errors(ds: Dataset):
 
 
 def test_ranker_train_start_defaults_to_the_cut_and_refuses_a_leak():
-    end, cut = T0 + 7 * DAY, T0 + 3 * DAY
+    end, cut = T0 + 7 * MS_PER_DAY, T0 + 3 * MS_PER_DAY
     assert ranker_train_start(end, None, cut) == cut
-    assert ranker_train_start(end, T0 + 4 * DAY, cut) == T0 + 4 * DAY
-    assert ranker_train_start(end, T0 + 2 * DAY, None) == T0 + 2 * DAY  # no PinnerFormer: nothing to leak
+    assert ranker_train_start(end, T0 + 4 * MS_PER_DAY, cut) == T0 + 4 * MS_PER_DAY
+    assert ranker_train_start(end, T0 + 2 * MS_PER_DAY, None) == T0 + 2 * MS_PER_DAY  # no PinnerFormer: nothing to leak
     assert ranker_train_start(end, None, None) is None
     with pytest.raises(ValueError, match="leak: .* up to 2026-01-08, after the ranker's training start 2026-01-07"):
-        ranker_train_start(end, T0 + 2 * DAY, cut)
+        ranker_train_start(end, T0 + 2 * MS_PER_DAY, cut)
     # A PinnerFormer trained on the whole training period leaves the ranker nothing.
     with pytest.raises(ValueError, match=r"no ranker training period.*--train-cut 0\.5"):
         ranker_train_start(end, None, end)
@@ -389,14 +384,14 @@ def test_ranker_train_start_defaults_to_the_cut_and_refuses_a_leak():
 
 def test_ranker_periods_train_from_the_cut_and_evaluate_as_before(ds: Dataset):
     full = build_ranker_data(ds, None)
-    cut = T0 + 3 * DAY
+    cut = T0 + 3 * MS_PER_DAY
     train, ev = ranker_periods(full, ds.train_end_ms, None, cut)
     assert cut <= train.ts_ms.min() and train.ts_ms.max() < ds.train_end_ms
     assert train.num_requests == int(((full.ts_ms >= cut) & (full.ts_ms < ds.train_end_ms)).sum())
     np.testing.assert_array_equal(ev.request_id, full.split(ds.train_end_ms)[1].request_id)
     np.testing.assert_array_equal(np.diff(train.offsets), np.bincount(train.req_index))
     with pytest.raises(ValueError, match="no ranker training requests from 2026-01-11"):
-        ranker_periods(full.select(np.flatnonzero(full.ts_ms < T0 + 6 * DAY)), ds.train_end_ms, T0 + 6 * DAY, None)
+        ranker_periods(full.select(np.flatnonzero(full.ts_ms < T0 + 6 * MS_PER_DAY)), ds.train_end_ms, T0 + 6 * MS_PER_DAY, None)
 
 
 def test_pinnerformer_checkpoint_records_its_cut(ds: Dataset, tmp_path, monkeypatch):
@@ -405,18 +400,18 @@ def test_pinnerformer_checkpoint_records_its_cut(ds: Dataset, tmp_path, monkeypa
     seen = []
     real = pf_train.make_sampler
     monkeypatch.setattr(pf_train, "make_sampler", lambda d, m, c: seen.append(d.train_end_ms) or real(d, m, c))
-    cut = T0 + 3 * DAY
+    cut = T0 + 3 * MS_PER_DAY
     out = tmp_path / "pf.pt"
     metrics = train_pinnerformer(ds, out, PF_TRAIN, PF_MODEL, progress=False, evaluate=False, train_cut_ms=cut)
     assert seen == [cut] and metrics["train_cut_ms"] == cut == pinnerformer_train_cut_ms(out)
     assert load_checkpoint(out, "pinnerformer")["extra"]["dataset_meta"]["train_end_ms"] == ds.train_end_ms
     with pytest.raises(ValueError, match="trained with cut 2026-01-08, not the requested 2026-01-09"):
         train_pinnerformer(ds, out, replace(PF_TRAIN, steps=3), resume=True, progress=False, evaluate=False,
-                           train_cut_ms=cut + DAY)
+                           train_cut_ms=cut + MS_PER_DAY)
     train_pinnerformer(ds, out, replace(PF_TRAIN, steps=3), resume=True, progress=False, evaluate=False)
     assert seen[-1] == cut and pinnerformer_train_cut_ms(out) == cut  # a resumed run keeps its cut
     with pytest.raises(ValueError, match="outside the training period"):
-        train_pinnerformer(ds, tmp_path / "late.pt", PF_TRAIN, PF_MODEL, train_cut_ms=ds.train_end_ms + DAY)
+        train_pinnerformer(ds, tmp_path / "late.pt", PF_TRAIN, PF_MODEL, train_cut_ms=ds.train_end_ms + MS_PER_DAY)
     # Checkpoints from before the cut was recorded trained on their dataset's whole training period.
     assert pinnerformer_train_cut_ms({"extra": {"dataset_meta": {"train_end_ms": 123}}}) == 123
     with pytest.raises(ValueError, match="records no training cut"):
@@ -426,7 +421,7 @@ def test_pinnerformer_checkpoint_records_its_cut(ds: Dataset, tmp_path, monkeypa
 def test_cli_ranker_trains_after_the_pinnerformer_cut_and_refuses_earlier(ds: Dataset, tmp_path):
     data = save_dataset(ds, tmp_path / "data")
     half, whole = tmp_path / "half.pt", tmp_path / "whole.pt"
-    train_pinnerformer(ds, half, PF_TRAIN, PF_MODEL, progress=False, evaluate=False, train_cut_ms=T0 + 3 * DAY)
+    train_pinnerformer(ds, half, PF_TRAIN, PF_MODEL, progress=False, evaluate=False, train_cut_ms=T0 + 3 * MS_PER_DAY)
     train_pinnerformer(ds, whole, PF_TRAIN, PF_MODEL, progress=False, evaluate=False)
     runner = CliRunner()
 
@@ -438,7 +433,7 @@ def test_cli_ranker_trains_after_the_pinnerformer_cut_and_refuses_earlier(ds: Da
     assert res.exit_code == 0, res.output
     assert "from 2026-01-08" in res.output
     extra = load_checkpoint(tmp_path / "r.pt", kind="ranker")["extra"]
-    assert extra["train_start_ms"] == extra["pinnerformer_train_cut_ms"] == T0 + 3 * DAY
+    assert extra["train_start_ms"] == extra["pinnerformer_train_cut_ms"] == T0 + 3 * MS_PER_DAY
     res = run(half, "--train-start", "2026-01-09")
     assert res.exit_code == 0, res.output
     for pf, args, message in [(half, ["--train-start", "2026-01-07"], "leak: the PinnerFormer checkpoint"),

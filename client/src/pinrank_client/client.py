@@ -439,8 +439,10 @@ class RankingClient(_Base):
             if not return_exceptions:
                 concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
                 for future in futures:
-                    if future.done() and future.exception() is not None:
-                        raise future.exception()  # type: ignore[misc]
+                    if future.done():
+                        failure = future.exception()
+                        if failure is not None:
+                            raise failure
                 return [f.result() for f in futures]
             out: list[RankResponse | PinrankError] = []
             for future in futures:
@@ -731,10 +733,13 @@ class AsyncRankingClient(_Base):
             if not return_exceptions:
                 return list(await asyncio.gather(*tasks))
             results = await asyncio.gather(*tasks, return_exceptions=True)
+            out: list[RankResponse | PinrankError] = []
             for item in results:
-                if isinstance(item, BaseException) and not isinstance(item, PinrankError):
+                if isinstance(item, PinrankError) or not isinstance(item, BaseException):
+                    out.append(item)
+                else:
                     raise item
-            return list(results)  # type: ignore[arg-type]
+            return out
         finally:
             for task in tasks:
                 task.cancel()  # no-op for the finished ones

@@ -4,7 +4,7 @@ Everything else derives from this module: the generated Triton configs, the
 preprocessing/postprocessing models, the training data pipeline, the SDK's
 request/response types and the load-test payloads. It lives in the client
 distribution (numpy only) because the contract *is* the API: the server side
-(`pinrank.schema` re-exports it) depends on the client package, never the other
+(`pinrank.backend.schema` re-exports it) depends on the client package, never the other
 way round, so the SDK installs without torch.
 
 Index conventions shared by every model: index 0 of every categorical

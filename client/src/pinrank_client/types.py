@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping, Sequence, overload
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -253,6 +253,10 @@ class RankRequest:
     actions: ActionHistory
     request_ts_ms: int
     top_k: int | None
+    if TYPE_CHECKING:
+        # Set in __init__; declared for the type checker only, so that it is
+        # not a dataclass field at runtime (fields(), replace(), asdict()).
+        _arrays: dict[str, IntArray]
 
     def __init__(
         self,
@@ -378,7 +382,7 @@ class RankRequest:
 
     def to_arrays(self) -> dict[str, IntArray]:
         """The request's tensors keyed by schema name (read-only arrays; top_k only if set)."""
-        return dict(self._arrays)  # type: ignore[attr-defined]
+        return dict(self._arrays)
 
     @property
     def num_candidates(self) -> int:
@@ -390,7 +394,7 @@ class RankRequest:
         mine, theirs = self.to_arrays(), other.to_arrays()
         return mine.keys() == theirs.keys() and all(np.array_equal(mine[k], theirs[k]) for k in mine)
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # equality is by content; typeshed types __hash__ as a method
 
     def __repr__(self) -> str:
         return (

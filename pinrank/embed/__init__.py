@@ -1,0 +1,2 @@
+"""The daily batch job: PinnerFormer checkpoint -> user-embedding snapshot
+(`batch`), optionally split across processes (`shards`)."""
