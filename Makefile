@@ -118,7 +118,7 @@ bench: export ## In-process vs Triton latency, time per step, early vs fused, in
 reliability: setup ## Bad inputs, model swap/rollback, stub kill, soak, server restart under load -> results/reliability.json (RELIABILITY_ARGS=...)
 	$(PY) -m reliability.run --out results/reliability.json $(RELIABILITY_ARGS)
 
-LINT_PATHS := $(wildcard pinrank client/src tests reliability loadtest testkit deploy)
+LINT_PATHS := $(wildcard pinrank client/src tests reliability loadtest testkit export deploy)
 lint: setup ## Ruff over the Python sources (missing folders skipped) + mypy on the client SDK (config in pyproject.toml)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/mypy

@@ -36,6 +36,21 @@ from typing import Any
 
 import click
 import numpy as np
+import torch
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from pinrank.backend import schema
+from pinrank.backend.postprocess import top_k
+from pinrank.backend.preprocess import Preprocessor
+from pinrank.export.configs import ProfileSettings
+from pinrank.export.inprocess import InProcessRanker
+from pinrank.export.onnx_format import OnnxRunner
+from pinrank.export.publish import republish
+from pinrank.models.ranker import Ranker, load_ranker, load_serving_module
+from pinrank.repository.layout import artifact_dirs, existing_pipeline, latest_version_dir
+from pinrank.serving.tritonserver import Ports, free_ports, running_server
+from pinrank.train.ranker_cost import gflop_per_request, ms_per_request
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -51,9 +66,6 @@ from run_loadtest import (  # noqa: E402
     target_url,
     warm_up,
 )
-
-from pinrank.backend import schema  # noqa: E402
-from pinrank.repository.layout import latest_version_dir  # noqa: E402
 
 
 def stats_snapshot(client: Any) -> dict[str, dict[str, int]]:
@@ -90,25 +102,17 @@ class _OrtModule:
     """ONNX Runtime behind the eager module's call signature, for InProcessRanker."""
 
     def __init__(self, path: Path) -> None:
-        from pinrank.export.onnx_format import OnnxRunner
-
         self.runner = OnnxRunner(path, threads=1)
 
     def eval(self) -> "_OrtModule":
         return self
 
     def __call__(self, *args: Any) -> Any:
-        import torch
-
         return torch.from_numpy(self.runner(*args)[0])
 
 
 def in_process_runtimes(repository: Path, ranker_ckpt: Path) -> tuple[dict[str, Any], str]:
     """{runtime: ranker module} for the in-process pipeline, and the runtime the repository serves."""
-    import torch
-
-    from pinrank.models.ranker import load_serving_module
-
     version = latest_version_dir(repository, schema.RANKER_MODEL)
     served = json.loads((version / "manifest.json").read_text())["ranker_runtime"]
     runtimes: dict[str, Any] = {"eager": load_serving_module(ranker_ckpt)}
@@ -122,10 +126,6 @@ def in_process_runtimes(repository: Path, ranker_ckpt: Path) -> tuple[dict[str, 
 def in_process_steps(pre: Any, module: Any, reqs: list[dict], warmup: int) -> dict[str, float]:
     """Mean ms of each step of the in-process pipeline: what the matching
     Triton step costs beyond its own work is the serving overhead."""
-    import torch
-
-    from pinrank.backend.postprocess import top_k
-
     prepped = [pre(r) for r in reqs]
 
     def rank(res: Any) -> Any:
@@ -143,10 +143,6 @@ def in_process_steps(pre: Any, module: Any, reqs: list[dict], warmup: int) -> di
 def both_layouts(repository: Path, work: Path, single_instances: int) -> dict[str, Path]:
     """{pipeline: repository}: `repository` itself, and the other layout
     republished from its artifacts (same ranker files, vocabulary, snapshot)."""
-    from pinrank.export.configs import ProfileSettings
-    from pinrank.export.publish import republish
-    from pinrank.repository.layout import artifact_dirs, existing_pipeline
-
     present = existing_pipeline(repository)
     if present is None:
         raise click.ClickException(f"{repository} holds no pinrank repository (run `make export`)")
@@ -163,14 +159,6 @@ def bench_latency_and_shares(repos: dict[str, Path], ranker_ckpt: Path, candidat
     """(a) and (b). Both layouts' servers run side by side and every path
     takes its turn in each of `rounds` blocks, so drift on a noisy box lands
     on all paths alike."""
-    import torch
-    import tritonclient.grpc as grpcclient
-    import tritonclient.http as httpclient
-
-    from pinrank.backend.preprocess import Preprocessor
-    from pinrank.export.inprocess import InProcessRanker
-    from pinrank.serving.tritonserver import Ports, free_ports, running_server
-
     torch.set_num_threads(1)  # as the served ranker instance
     pre = Preprocessor.from_dir(latest_version_dir(repos["ensemble"], schema.PREPROCESS_MODEL) / "artifacts")
     rng = np.random.default_rng(0)
@@ -228,11 +216,6 @@ def bench_latency_and_shares(repos: dict[str, Path], ranker_ckpt: Path, candidat
 
 def bench_fusion(ranker_ckpt: Path, counts: tuple[int, ...], repeats: int, early_repeats: int) -> dict[str, Any]:
     """(c): the trained ranker's sizes, random weights (cost does not depend on them), 1 thread."""
-    import torch
-
-    from pinrank.models.ranker import Ranker, load_ranker
-    from pinrank.train.ranker_cost import gflop_per_request, ms_per_request
-
     torch.set_num_threads(1)
     trained = load_ranker(ranker_ckpt)
     out: dict[str, Any] = {"by_n": {}}
@@ -355,7 +338,8 @@ def main(repository: Path, ranker: Path, data: Path, candidates: int, actions: i
         thr = bench_throughput(repos, data, configs, single_counts, throughput_users, throughput_duration, work)
         report["throughput"] = thr
         report["throughput_rps"] = thr["throughput_rps"]
-        click.echo(f"  best: {thr['best_config']} at {thr['throughput_users']} users: {thr['throughput_rps']:.1f} req/s")
+        click.echo(f"  best: {thr['best_config']} at {thr['throughput_users']} users: "
+                   f"{thr['throughput_rps']:.1f} req/s")
     report["wall_s"] = time.monotonic() - t0
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

@@ -16,9 +16,16 @@ from typing import Callable
 
 import click
 import numpy as np
-from pinrank_client._triton import build_inputs
+import torch
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 
 from pinrank.backend import schema
+from pinrank.backend.preprocess import Preprocessor
+from pinrank.export.inprocess import InProcessRanker
+from pinrank.models.ranker import load_serving_module
+from pinrank.serving.tritonserver import running_server
+from pinrank_client._triton import build_inputs
 
 
 def make_request(rng: np.random.Generator, vocab_ids: np.ndarray, users: np.ndarray, n: int, length: int) -> dict:
@@ -75,15 +82,6 @@ def percentiles(ms: list[float]) -> dict[str, float]:
 def main(repository: Path, ranker: Path, candidates: int, actions: int, num_requests: int, warmup: int,
          out: Path) -> None:
     """Measure and print p50/p90/p99 latency per request, in-process vs Triton."""
-    import torch
-    import tritonclient.grpc as grpcclient
-    import tritonclient.http as httpclient
-
-    from pinrank.backend.preprocess import Preprocessor
-    from pinrank.export.inprocess import InProcessRanker
-    from pinrank.models.ranker import load_serving_module
-    from pinrank.serving.tritonserver import running_server
-
     torch.set_num_threads(1)  # the server's ranker instance runs on one thread too
     latest = max((repository / schema.PREPROCESS_MODEL).glob("[0-9]*"), key=lambda p: int(p.name))
     pre = Preprocessor.from_dir(latest / "artifacts")

@@ -20,8 +20,18 @@ from pathlib import Path
 
 import click
 import numpy as np
+import torch
 
 from pinrank.backend import schema
+from pinrank.export.onnx_format import OnnxRunner, export_onnx
+from pinrank.export.parity import edge_cases
+from pinrank.export.torchscript import export_torchscript
+from pinrank.models.ranker import (
+    Ranker,
+    RankerConfig,
+    RankerServing,
+    load_serving_module,
+)
 
 
 @click.command()
@@ -44,18 +54,6 @@ from pinrank.backend import schema
 def main(ranker: Path | None, mode: str, items: int, candidate_counts: tuple[int, ...], repeats: int, warmup: int,
          threads: int, out: Path | None) -> None:
     """Print p50/p90 ms per call of each ranker runtime at each N."""
-    import torch
-
-    from pinrank.export.onnx_format import OnnxRunner, export_onnx
-    from pinrank.export.parity import edge_cases
-    from pinrank.export.torchscript import export_torchscript
-    from pinrank.models.ranker import (
-        Ranker,
-        RankerConfig,
-        RankerServing,
-        load_serving_module,
-    )
-
     torch.set_num_threads(threads)
     if ranker is not None:
         module = load_serving_module(ranker)

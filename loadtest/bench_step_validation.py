@@ -22,21 +22,18 @@ import click
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from pinrank.backend import schema, step_inputs
+from pinrank.backend.preprocess import Preprocessor
+from pinrank.backend.ranker_runtime import load_exported_ranker, manifest_num_items
+from pinrank.export.configs import ProfileSettings
+from pinrank.export.publish import republish
+from pinrank.repository.layout import artifact_dirs
+from pinrank.serving.tritonserver import running_server
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_latency import make_request, percentiles, time_calls, triton_caller  # noqa: E402
-
-from pinrank.backend import (
-    schema,  # noqa: E402
-    step_inputs,  # noqa: E402
-)
-from pinrank.backend.preprocess import Preprocessor  # noqa: E402
-from pinrank.backend.ranker_runtime import load_exported_ranker, manifest_num_items  # noqa: E402
-from pinrank.export.configs import ProfileSettings  # noqa: E402
-from pinrank.export.publish import republish  # noqa: E402
-from pinrank.repository.layout import artifact_dirs  # noqa: E402
-from pinrank.serving.tritonserver import running_server  # noqa: E402
 
 
 def time_us(fn: Callable[[], object], repeats: int) -> float:

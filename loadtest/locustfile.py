@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 from locust import User, constant, events, task
-from pinrank_client import PinrankError, RankingClient
-from pinrank_client.types import RankRequest
 from request_pool import (  # locust puts this file's folder on sys.path
     RequestPool,
     pool_from_dataset,
 )
+
+from pinrank_client import PinrankError, RankingClient
+from pinrank_client.types import RankRequest
 
 TIMEOUT_S = float(os.environ.get("PINRANK_TIMEOUT_S", "10"))
 #: Per-size rows in locust's stats, next to the aggregate (cost grows with N).

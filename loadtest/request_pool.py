@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pinrank.data.dataset import load_dataset
 from pinrank_client import schema
 from pinrank_client.types import RankRequest
 
@@ -126,8 +128,6 @@ def build_pool(actions: dict[str, np.ndarray], item_ids: np.ndarray, size: int, 
 
 def pool_from_dataset(data: Path, size: int, seed: int = 0) -> RequestPool:
     """Requests replayed from a dataset's eval period (all of it when it has none)."""
-    from pinrank.data.dataset import load_dataset
-
     ds = load_dataset(data)
     since = ds.train_end_ms if (ds.actions["ts_ms"] >= ds.train_end_ms).any() else None
     return build_pool(ds.actions, ds.item_ids, size, seed=seed, since_ms=since)

@@ -31,10 +31,14 @@ from typing import Iterator
 import click
 import numpy as np
 
+from pinrank.export.configs import parse_instance_counts
+from pinrank.repository.pbtxt import parse_pbtxt, to_pbtxt
+from pinrank.serving.tritonserver import ServerError, running_server
+from pinrank_client import RankingClient, schema
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # request_pool when run as a script or imported by tests
 
-from pinrank_client import schema  # noqa: E402
 from request_pool import RequestPool, pool_from_dataset  # noqa: E402
 
 
@@ -113,10 +117,10 @@ def summary(final: LevelStats, levels: list[LevelStats], url: str, pool: Request
 
 
 def plot(levels: list[LevelStats], path: Path) -> Path:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - only the chart needs it: keeps it out of the tests' and bench.py's imports
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - only after matplotlib.use("Agg") (headless backend)
 
     users = [lv.users for lv in levels]
     fig, (lat, thr) = plt.subplots(1, 2, figsize=(10, 4))
@@ -165,8 +169,6 @@ def target_url(url: str | None, repository: Path, log_path: Path,
     if url:
         yield url if "://" in url else f"http://{url}"
         return
-    from pinrank.serving.tritonserver import ServerError, running_server
-
     with tempfile.TemporaryDirectory() as tmp:
         if instances:
             repository = with_instances(repository, Path(tmp) / "repo", instances)
@@ -181,8 +183,6 @@ def target_url(url: str | None, repository: Path, log_path: Path,
 def warm_up(url: str, pool: RequestPool, count: int) -> None:
     """Untimed requests first: one-off costs (first calls into each model,
     connection setup) would otherwise land in the first level's tail."""
-    from pinrank_client import RankingClient
-
     with RankingClient(url, protocol="http", timeout_s=30) as client:
         for req in pool.requests()[:count]:
             client.rank_request(req)
@@ -190,8 +190,6 @@ def warm_up(url: str, pool: RequestPool, count: int) -> None:
 
 def with_instances(src: Path, dst: Path, counts: dict[str, int]) -> Path:
     """A copy of repository `src` whose models run `counts[model]` instances."""
-    from pinrank.repository.pbtxt import parse_pbtxt, to_pbtxt
-
     shutil.copytree(src, dst, symlinks=True)
     for model, count in counts.items():
         path = dst / model / "config.pbtxt"
@@ -203,8 +201,6 @@ def with_instances(src: Path, dst: Path, counts: dict[str, int]) -> Path:
 
 def parse_instances(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[tuple[int, int, int]]:
     """'PRE:RANKER:POST[,...]' instance counts."""
-    from pinrank.export.configs import parse_instance_counts
-
     if value is None:
         return []
     try:
@@ -252,9 +248,9 @@ def parse_users(_ctx: click.Context, _param: click.Parameter, value: str) -> lis
               help="SLO gate: exit 1 if the final run's failed/total exceeds this (0 = no failure allowed).")
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("results"),
               show_default=True)
-def main(url: str | None, repository: Path, instances: list[tuple[int, int, int]], data: Path, levels: list[int], sweep_duration: float, duration: float,
-         pool_size: int, warmup: int, seed: int, max_p99_ms: float | None, max_failure_ratio: float | None,
-         out_dir: Path) -> None:
+def main(url: str | None, repository: Path, instances: list[tuple[int, int, int]], data: Path, levels: list[int],
+         sweep_duration: float, duration: float, pool_size: int, warmup: int, seed: int, max_p99_ms: float | None,
+         max_failure_ratio: float | None, out_dir: Path) -> None:
     """Sweep concurrency with locust against the pinrank ensemble, rerun the
     best level for --duration, write the report, apply the SLO gate."""
     work = out_dir / "loadtest"

@@ -10,13 +10,14 @@ import click
 import numpy as np
 
 from pinrank.backend import schema
+from pinrank.data.dataset import load_dataset
+from pinrank.serving.tritonserver import ServerError, running_server
+from pinrank_client import Action, RankingClient
 
 
 def demo_requests(data: Path, users: int, candidates: int, seed: int = 0) -> list[dict]:
     """Requests from the eval period: each user's real history before a held-out
     request, and that request's shown items plus random catalogue items."""
-    from pinrank.data.dataset import load_dataset
-
     ds = load_dataset(data)
     rng = np.random.default_rng(seed)
     a = ds.actions
@@ -71,10 +72,6 @@ def demo(repository: Path, data: Path, users: int, candidates: int, num_requests
     """Start the bundled tritonserver on free localhost ports, rank candidates
     for a few held-out users through the pinrank-client SDK (gRPC), print the
     rankings and latency, write OUT, and stop the server."""
-    from pinrank_client import Action, RankingClient
-
-    from pinrank.serving.tritonserver import ServerError, running_server
-
     reqs = demo_requests(data, users, candidates)
     try:
         with running_server(repository, log_path=out.parent / "tritonserver-demo.log") as server:

@@ -23,6 +23,7 @@ also exports an untrained repository and serves it, for `make reliability`.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -37,12 +38,29 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import grpc
 import numpy as np
+import torch
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from click.testing import CliRunner
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
 
 from pinrank.backend import schema
-from pinrank.data.dataset import load_dataset
-from testkit.export_inputs import write_random_snapshot, write_untrained_ranker
+from pinrank.backend.snapshot import SnapshotError, UserSnapshot
 from pinrank.backend.units import MS_PER_HOUR
+from pinrank.backend.vocab import ItemVocab
+from pinrank.cli import main as pinrank_main
+from pinrank.data.dataset import DatasetError, load_dataset
+from pinrank.data.importers import import_source
+from pinrank.data.synthetic import SyntheticConfig, generate
+from pinrank.models.checkpoints import load_checkpoint, save_checkpoint
+from pinrank.models.ranker import load_ranker
+from pinrank.serving.tritonserver import ServerError, free_ports, running_server, validate_repository
+from pinrank_client import Action, PinrankError, RankingClient
+from pinrank_client import cli as client_cli
+from testkit.export_inputs import write_random_snapshot, write_untrained_ranker
 
 SURFACES: tuple[str, ...] = (
     "sdk", "client_cli", "pinrank_cli", "grpc_raw", "http_raw", "importer", "config", "checkpoint",
@@ -115,8 +133,6 @@ class Fixtures:
 
     @cached_property
     def dataset(self) -> Path:
-        from pinrank.data.synthetic import SyntheticConfig, generate
-
         path = self.root / "data"
         if not (path / "meta.json").exists():
             cfg = SyntheticConfig(users=40, items=150, topics=4, days=6, eval_days=2, seed=0)
@@ -214,15 +230,11 @@ _TRITON_DTYPES = {"int64": "INT64", "int32": "INT32", "float32": "FP32", "float6
 def _infer_raw(ctx: Context, protocol: str, arrays: Mapping[str, np.ndarray],
                model: str = schema.ENSEMBLE_MODEL) -> dict[str, np.ndarray] | str:
     """tritonclient straight to the server (no SDK checks): outputs, or the error message."""
-    from tritonclient.utils import InferenceServerException
-
     if protocol == "grpc":
-        import tritonclient.grpc as io
-
+        io: Any = grpcclient
         client: Any = io.InferenceServerClient(ctx.grpc_url)
     else:
-        import tritonclient.http as io
-
+        io = httpclient
         client = io.InferenceServerClient(ctx.http_url, network_timeout=_TIMEOUT_S)
     inputs = []
     for name, arr in arrays.items():
@@ -276,9 +288,6 @@ def _json_inputs(req: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
 
 def _grpc_raw_bytes(ctx: Context, mutate: Callable[[Any], None]) -> Outcome:
     """A ModelInferRequest built by hand (raw_input_contents), then `mutate`d."""
-    import grpc
-    from tritonclient.grpc import service_pb2, service_pb2_grpc
-
     request = service_pb2.ModelInferRequest(model_name=schema.ENSEMBLE_MODEL)
     for name, arr in base_request().items():
         tensor = request.inputs.add()
@@ -297,11 +306,7 @@ def _grpc_raw_bytes(ctx: Context, mutate: Callable[[Any], None]) -> Outcome:
 
 def _pinrank(args: Sequence[object], env: Mapping[str, str] | None = None) -> tuple[int, str]:
     """`pinrank ARGS` in-process: (exit code, everything it printed)."""
-    from click.testing import CliRunner
-
-    from pinrank.cli import main
-
-    result = CliRunner().invoke(main, [str(a) for a in args], env=dict(env or {}))
+    result = CliRunner().invoke(pinrank_main, [str(a) for a in args], env=dict(env or {}))
     text = result.output
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         text += "".join(traceback.format_exception(result.exception))  # an uncaught error is never clear
@@ -309,10 +314,7 @@ def _pinrank(args: Sequence[object], env: Mapping[str, str] | None = None) -> tu
 
 
 def _client_cli(args: Sequence[object], env: Mapping[str, str] | None = None) -> tuple[int, str]:
-    from click.testing import CliRunner
-    from pinrank_client import cli
-
-    result = CliRunner().invoke(cli.main, [str(a) for a in args], env=dict(env or {}))
+    result = CliRunner().invoke(client_cli.main, [str(a) for a in args], env=dict(env or {}))
     text = result.output
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         text += "".join(traceback.format_exception(result.exception))
@@ -351,8 +353,6 @@ def _raises(fn: Callable[[Context], object], *errors: type[BaseException]) -> Ca
 
 
 def _closed_port() -> int:
-    from pinrank.serving.tritonserver import free_ports
-
     return free_ports(1)[0]
 
 
@@ -360,8 +360,6 @@ def _closed_port() -> int:
 
 
 def _sdk(ctx: Context, protocol: str = "grpc", **kw: Any) -> Any:
-    from pinrank_client import RankingClient
-
     url = f"grpc://{ctx.grpc_url}" if protocol == "grpc" else f"http://{ctx.http_url}"
     return RankingClient(url, timeout_s=_TIMEOUT_S, retries=0, **kw)
 
@@ -378,15 +376,11 @@ def _sdk_rank(protocol: str = "grpc", *, validate: bool = True, **request: Any) 
 
 
 def _action(*args: Any) -> Any:
-    from pinrank_client import Action
-
     return Action(*args)
 
 
 def _sdk_served(protocol: str, candidates: list[int], user_id: int, k: int) -> Callable[[Context], Outcome]:
     def perform(ctx: Context) -> Outcome:
-        from pinrank_client import PinrankError
-
         try:
             with _sdk(ctx, protocol) as client:
                 resp = client.rank(user_id, candidates, [_action(candidates[0], "click", REQ_TS - MS_PER_HOUR)],
@@ -408,8 +402,6 @@ def _sdk_list_models_without_key(ctx: Context) -> None:
 
 
 def _sdk_cases() -> list[Case]:
-    from pinrank_client import PinrankError
-
     err = (PinrankError, ValueError)
     over = list(range(1, schema.MAX_CANDIDATES + 2))
     return [
@@ -476,27 +468,19 @@ def _sdk_cases() -> list[Case]:
 
 
 def _sdk_url(ctx: Context, url: str, **kw: Any) -> None:
-    from pinrank_client import RankingClient
-
     RankingClient(url, **kw)
 
 
 def _sdk_http_at_grpc_port(ctx: Context) -> None:
-    from pinrank_client import RankingClient
-
     with RankingClient(f"http://{ctx.grpc_url}", timeout_s=5, retries=0) as client:
         client.rank(1, [7], [], request_ts_ms=REQ_TS)
 
 
 def _sdk_timeout(ctx: Context) -> None:
-    from pinrank_client import RankingClient
-
     RankingClient(f"grpc://{ctx.grpc_url}", timeout_s=0)
 
 
 def _sdk_unreachable(ctx: Context) -> None:
-    from pinrank_client import RankingClient
-
     with RankingClient(f"grpc://127.0.0.1:{_closed_port()}", timeout_s=5, retries=0) as client:
         client.rank(1, [7], [], request_ts_ms=REQ_TS)
 
@@ -671,8 +655,6 @@ def _truncated_copy(src: Path, dest: Path, keep: float = 0.5) -> Path:
 
 def _pickle_payload(path: Path, marker: Path) -> Path:
     """A checkpoint whose unpickling would create `marker` (harmless, detectable)."""
-    import torch
-
     class Payload:
         def __reduce__(self) -> tuple[Any, tuple[str, str]]:
             return (open, (str(marker), "w"))
@@ -780,10 +762,6 @@ def _pinrank_cli_cases() -> list[Case]:
 
 
 def _wrong_kind_checkpoint(ctx: Context) -> Path:
-    import torch
-
-    from pinrank.models.checkpoints import save_checkpoint
-
     return save_checkpoint(ctx.scratch("wrong_kind") / "pf.pt", kind="pinnerformer", config={},
                            model=torch.nn.Linear(2, 2))
 
@@ -799,9 +777,6 @@ def _corrupt_dataset(ctx: Context) -> Path:
 
 
 def _import(fmt: str, src: Callable[[Context], Path]) -> Callable[[Context], Outcome]:
-    from pinrank.data.dataset import DatasetError
-    from pinrank.data.importers import import_source
-
     return _raises(lambda ctx: import_source(fmt, src(ctx), ctx.scratch(f"import_out_{fmt}") / "ds"), DatasetError)
 
 
@@ -859,8 +834,6 @@ def _importer_cases() -> list[Case]:
 
 
 def _validate_repo(repo: Callable[[Context], Path]) -> Callable[[Context], Outcome]:
-    from pinrank.serving.tritonserver import ServerError, validate_repository
-
     return _raises(lambda ctx: validate_repository(repo(ctx)), ServerError)
 
 
@@ -903,10 +876,6 @@ def _bad_meta_dataset(ctx: Context) -> Path:
 
 
 def _config_cases() -> list[Case]:
-    from pinrank.backend.snapshot import SnapshotError, UserSnapshot
-    from pinrank.backend.vocab import ItemVocab
-    from pinrank.data.dataset import DatasetError, load_dataset
-
     return [
         Case("config_malformed_pbtxt", "config", "config.pbtxt with an unclosed list",
              _validate_repo(lambda ctx: _broken_config_repo(ctx, "cfg_pbtxt")),
@@ -943,20 +912,14 @@ def _binary_config_repo(ctx: Context) -> Path:
 
 
 def _load(path: Callable[[Context], Path], kind: str = "ranker") -> Callable[[Context], Outcome]:
-    from pinrank.models.checkpoints import load_checkpoint
-
     return _raises(lambda ctx: load_checkpoint(path(ctx), kind), ValueError, FileNotFoundError)
 
 
 def _load_ranker(path: Callable[[Context], Path]) -> Callable[[Context], Outcome]:
-    from pinrank.models.ranker import load_ranker
-
     return _raises(lambda ctx: load_ranker(path(ctx)), ValueError, FileNotFoundError)
 
 
 def _ckpt_variant(ctx: Context, name: str, edit: Callable[[dict[str, Any]], Any]) -> Path:
-    import torch
-
     ckpt = torch.load(ctx.fixtures.ranker, map_location="cpu", weights_only=True)
     edited = edit(ckpt)
     path = ctx.scratch(name) / "ranker.pt"
@@ -1089,8 +1052,6 @@ def run_with_server(workdir: str | Path, repository: str | Path | None = None,
                     log_path: str | Path | None = None) -> dict[str, Any]:
     """Serve `repository` (default: an untrained export built in `workdir`)
     on free localhost ports and run the matrix against it."""
-    from pinrank.serving.tritonserver import running_server
-
     workdir = Path(workdir)
     repo = Path(repository) if repository is not None else Fixtures(workdir / "fixtures").repository
     log = Path(log_path) if log_path is not None else workdir / "tritonserver.log"
@@ -1102,8 +1063,6 @@ def run_with_server(workdir: str | Path, repository: str | Path | None = None,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """python -m reliability.bad_inputs [--http-url H:P --grpc-url H:P] [--out FILE]"""
-    import argparse
-
     ap = argparse.ArgumentParser(description="Run the bad-input matrix against a pinrank server.")
     ap.add_argument("--http-url", help="host:port of a running server's HTTP endpoint (else one is started)")
     ap.add_argument("--grpc-url", help="host:port of its gRPC endpoint")

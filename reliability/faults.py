@@ -29,7 +29,12 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from pinrank.backend.postprocess import top_k
+from pinrank.backend.preprocess import Preprocessor
+from pinrank.backend.ranker_runtime import load_exported_ranker
 from pinrank.serving.model_control import descendants
+from pinrank_client import RankingClient
+from pinrank_client.types import RankRequest
 
 #: A call slower than the client timeout by this much counts as hung.
 HANG_MARGIN_S = 5.0
@@ -59,16 +64,12 @@ class LoadGenerator:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _requests(self) -> list[Any]:
-        from pinrank_client.types import RankRequest
-
         return [RankRequest.from_arrays(
             int(p["user_id"][0]), p["candidate_ids"], action_item_ids=p["action_item_ids"],
             action_types=p["action_types"], action_ts_ms=p["action_ts_ms"], action_surfaces=p["action_surfaces"],
             request_ts_ms=int(p["request_ts_ms"][0]), top_k=int(p["top_k"][0])) for p in self.probes]
 
     def _run(self, offset: int, requests: list[Any]) -> None:
-        from pinrank_client import RankingClient
-
         with RankingClient(self.url, protocol="http", timeout_s=self.timeout_s, retries=self.retries,
                            backoff_s=0.2, max_backoff_s=1.0) as client:
             i = offset
@@ -132,10 +133,6 @@ def failures(counts: dict[str, int], versions: tuple[str, ...] = ("v1", "v2")) -
 def version_reference(version_dirs: dict[str, Path], runtime: str) -> Callable[[dict[str, np.ndarray]], dict]:
     """In-process answer of one published version: preprocess artifacts from
     `version_dirs["artifacts"]`, ranker files from `version_dirs["ranker"]`."""
-    from pinrank.backend.postprocess import top_k
-    from pinrank.backend.preprocess import Preprocessor
-    from pinrank.backend.ranker_runtime import load_exported_ranker
-
     pre = Preprocessor.from_dir(version_dirs["artifacts"] / "artifacts")
     rank = load_exported_ranker(version_dirs["ranker"], runtime)
 

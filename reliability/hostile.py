@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import grpc
 import numpy as np
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from pinrank.backend import schema
 from reliability.bad_inputs import base_request
@@ -90,9 +92,6 @@ def wrapped_shape_binary() -> tuple[bytes, dict[str, str]]:
 
 def wrapped_shape_grpc(grpc_url: str, timeout_s: float = 30.0) -> str:
     """Row 4, gRPC: the same shape with 40 raw bytes; what the client saw."""
-    import grpc  # only this sender needs gRPC; the HTTP ones run on sockets alone
-    from tritonclient.grpc import service_pb2, service_pb2_grpc
-
     request = service_pb2.ModelInferRequest(model_name=schema.ENSEMBLE_MODEL)
     for name, arr in base_request().items():
         tensor = request.inputs.add()

@@ -31,12 +31,13 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import tritonclient.http as httpclient
-from pinrank_client.admin import ADMIN_KEY_ENV, admin_headers
 from tritonclient.utils import InferenceServerException
 
 from pinrank.backend import schema
+from pinrank.backend.ranker_runtime import manifest_num_items
 from pinrank.serving import health, model_control
 from pinrank.serving.tritonserver import free_ports
+from pinrank_client.admin import ADMIN_KEY_ENV, admin_headers
 from reliability import faults, hostile
 from reliability.step_models import (
     bad_postprocess_inputs,
@@ -312,8 +313,6 @@ def serving(repository: Path, workdir: Path) -> Iterator[ServeProcess]:
 def run(repository: Path, workdir: Path, probes: list[dict], users: int, phase_s: float, reloads: int,
         log: Callable[[str], object] = print) -> dict[str, Any]:
     """The whole phase against one `pinrank serve`; the report's keys."""
-    from pinrank.backend.ranker_runtime import manifest_num_items
-
     cache = workdir / "payloads"
     hostile.gzip_bomb(cache_dir=cache)  # built before the clock starts (about 5 s)
     with serving(repository, workdir / "serve") as serve:

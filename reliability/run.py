@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -20,12 +22,16 @@ from typing import Any
 
 import click
 import numpy as np
+import tritonclient.http as httpclient
 
 from pinrank.backend import schema
 from pinrank.backend.snapshot import UserSnapshot
 from pinrank.backend.units import MS_PER_DAY
 from pinrank.data.dataset import load_dataset
+from pinrank.repository.layout import artifact_dirs, existing_pipeline, published_models
 from pinrank.serving import model_control
+from pinrank.serving.model_control import StubWatchdog
+from pinrank.serving.tritonserver import running_server
 from reliability import faults, hostile_phase
 from reliability.bad_inputs import Fixtures, run_with_server
 from testkit.export_inputs import write_random_snapshot, write_untrained_ranker
@@ -77,14 +83,6 @@ def _export(args: list[Any]) -> None:
 def swap_and_rollback(server: Any, repo: Path, fixtures: Fixtures, work: Path, probes: list[dict],
                       users: int, phase_s: float) -> dict[str, Any]:
     """Publish v2 under load, switch to it, switch back to v1; count and classify every answer."""
-    import tritonclient.http as httpclient
-
-    from pinrank.repository.layout import (
-        artifact_dirs,
-        existing_pipeline,
-        published_models,
-    )
-
     models = published_models(existing_pipeline(repo) or "ensemble")
     runtime = json.loads((artifact_dirs(repo, 1)["ranker"] / "manifest.json").read_text())["ranker_runtime"]
     v1 = faults.version_reference(artifact_dirs(repo, 1), runtime)
@@ -136,11 +134,6 @@ def swap_and_rollback(server: Any, repo: Path, fixtures: Fixtures, work: Path, p
 def stub_kill(server: Any, repo: Path, probes: list[dict], users: int, phase_s: float) -> dict[str, Any]:
     """SIGKILL one stub under load. Triton 2.51 does not restart it; the
     StubWatchdog reloads the model. SDK retries on."""
-    import tritonclient.http as httpclient
-
-    from pinrank.repository.layout import existing_pipeline, published_models
-    from pinrank.serving.model_control import StubWatchdog
-
     found = model_control.stubs(server.process.pid)
     model = schema.RANKER_MODEL if any(s.model == schema.RANKER_MODEL for s in found) else schema.ENSEMBLE_MODEL
     serving = model_control.loaded_versions(httpclient.InferenceServerClient(server.http_url), (model,),
@@ -183,9 +176,6 @@ def soak(server: Any, probes: list[dict], users: int, minutes: float) -> dict[st
 def restart(server: Any, probes: list[dict], users: int, phase_s: float, timeout_s: float = 5.0,
             retries: int = 3) -> dict[str, Any]:
     """SIGKILL the whole server under load, start it again on the same ports."""
-    import os
-    import signal
-
     load = faults.LoadGenerator(server.http_url, probes, faults.any_answer, users=users, retries=retries,
                                 timeout_s=timeout_s)
     with load:
@@ -208,8 +198,6 @@ def restart(server: Any, probes: list[dict], users: int, phase_s: float, timeout
 
 def run(work: Path, out: Path, soak_minutes: float, users: int, phase_s: float, hostile: bool = True,
         reloads: int = 20) -> dict[str, Any]:
-    from pinrank.serving.tritonserver import running_server
-
     work.mkdir(parents=True, exist_ok=True)
     fixtures = Fixtures(work / "fixtures")
     t0 = time.monotonic()

@@ -7,7 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
+
+from pinrank.cli import main
+from pinrank.serving.tritonserver import running_server
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -27,8 +31,6 @@ class Pipeline:
 def _one_torch_thread():
     """Test models are tiny: extra threads gain nothing, and on a 2-core box
     OpenMP threads spin against each other (a 10x slowdown was seen)."""
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -37,8 +39,6 @@ def _one_torch_thread():
 
 def run_cli(args: list[str]) -> str:
     """Run `pinrank ARGS` in-process; fail the test with its output on error."""
-    from pinrank.cli import main
-
     result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, f"pinrank {' '.join(map(str, args))} failed:\n{result.output}"
     return result.output
@@ -66,7 +66,5 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
 @pytest.fixture(scope="session")
 def triton_server(pipeline: Pipeline):
     """The real bundled tritonserver on free localhost ports, serving the cpu profile."""
-    from pinrank.serving.tritonserver import running_server
-
     with running_server(pipeline.repository / "cpu", log_path=pipeline.root / "tritonserver.log") as server:
         yield server

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import socket
 
 import pytest
 from click.testing import CliRunner
 
-from pinrank.cli import main
+from pinrank.cli import COMMANDS as LAZY_COMMANDS
+from pinrank.cli import TRAIN_COMMANDS, main
 from pinrank.serving.tritonserver import free_ports
 
 COMMANDS = [[], ["data"], ["data", "synth"], ["train"], ["train", "pinnerformer"], ["train", "ranker"],
@@ -19,6 +21,17 @@ def test_every_command_has_help(args):
     result = CliRunner().invoke(main, [*args, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output and "--help" in result.output
+
+
+@pytest.mark.parametrize("name", [*LAZY_COMMANDS, *TRAIN_COMMANDS])
+def test_listed_summary_is_the_commands_own(name):
+    """`pinrank --help` lists subcommands from summaries in pinrank.cli (so it
+    imports none of their modules); each must be what the command says itself."""
+    where, summary = {**LAZY_COMMANDS, **TRAIN_COMMANDS}[name]
+    module, attr = where.split(":")
+    command = getattr(importlib.import_module(module), attr)
+    assert command.name == name
+    assert command.get_short_help_str(limit=1000) == summary
 
 
 def run(args):

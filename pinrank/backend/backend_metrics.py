@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pinrank_client.validation import InvalidRequestError
-
 from pinrank.backend import schema
 from pinrank.backend.step_inputs import StepInputError, request_arrays
+from pinrank_client.validation import InvalidRequestError
 
 _REQUEST_NAMES = [s.name for s in schema.REQUEST_INPUTS]
 

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-from pinrank_client.validation import validate_request
 
 from pinrank.backend import schema
 from pinrank.backend.featurize import context_features, featurize_history
 from pinrank.backend.snapshot import UserSnapshot
 from pinrank.backend.vocab import ItemVocab
+from pinrank_client.validation import validate_request
 
 ITEM_IDS_FILE = "item_ids.npy"
 SNAPSHOT_DIR = "user_snapshot"

@@ -41,7 +41,7 @@ def load_exported_ranker(version_dir: str | Path, runtime: str, threads: int = 1
 
 
 def _onnxruntime(path: Path, threads: int) -> RankerFn:
-    import onnxruntime as ort
+    import onnxruntime as ort  # noqa: PLC0415 - only the runtime of the ranker this version ships is imported, when it loads
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -57,7 +57,7 @@ def _onnxruntime(path: Path, threads: int) -> RankerFn:
 
 
 def _torchscript(path: Path, threads: int) -> RankerFn:
-    import torch
+    import torch  # noqa: PLC0415 - only the runtime of the ranker this version ships is imported, when it loads
 
     torch.set_num_threads(threads)
     model = torch.jit.load(str(path), map_location="cpu").eval()

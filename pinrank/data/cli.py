@@ -132,7 +132,8 @@ def summary(ds: Dataset) -> str:
     a, meta = ds.actions, ds.meta
     lines = [
         f"dataset {ds.path} (source: {meta.get('source')})",
-        f"  users: {np.unique(a['user_id']).size:,}  items: {ds.num_items:,}  topics: {np.unique(ds.item_topic).size:,}",
+        f"  users: {np.unique(a['user_id']).size:,}  items: {ds.num_items:,}  "
+        f"topics: {np.unique(ds.item_topic).size:,}",
         f"  actions: {a['user_id'].size:,} ("
         + ", ".join(f"{name} {int((a['action'] == i).sum()):,}" for name, i in schema.ACTION_IDS.items()
                     if (a["action"] == i).any())

@@ -193,8 +193,10 @@ def load_dataset(path: str | Path) -> Dataset:
     actions = {
         "user_id": at.column("user_id").to_numpy(),
         "item_id": at.column("item_id").to_numpy(),
-        "action": _encode(at.column("action").to_numpy(zero_copy_only=False), dict(schema.ACTION_IDS), "action", ap, False),
-        "surface": _encode(at.column("surface").to_numpy(zero_copy_only=False), dict(schema.SURFACE_IDS), "surface", ap, True),
+        "action": _encode(at.column("action").to_numpy(zero_copy_only=False), dict(schema.ACTION_IDS),
+                          "action", ap, False),
+        "surface": _encode(at.column("surface").to_numpy(zero_copy_only=False), dict(schema.SURFACE_IDS),
+                           "surface", ap, True),
         "ts_ms": at.column("ts_ms").to_numpy(),
         "duration_ms": (
             at.column("duration_ms").fill_null(-1).to_numpy()

@@ -12,17 +12,28 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy
+import torch
 
 from pinrank.backend import schema
+from pinrank.backend.hashing import sha256_of
+from pinrank.backend.snapshot import SnapshotError, UserSnapshot
+from pinrank.backend.vocab import ItemVocab
+from pinrank.data.dataset import DatasetError, load_dataset
+from pinrank.export import onnx_format, tensorrt_engine  # modules: tests replace functions on them
+from pinrank.export.configs import ProfileSettings, parse_instance_counts
+from pinrank.export.parity import ParityError
+from pinrank.export.publish import write_repository
+from pinrank.export.torchscript import export_torchscript
+from pinrank.models.ranker import load_serving_module
+from pinrank.repository.layout import existing_pipeline
+from pinrank.repository.pbtxt import parse_pbtxt
 
 FORMATS = ("torchscript", "onnx", "tensorrt")
 DEFAULT_FORMATS = ("torchscript", "onnx")
 
 
 def _library_versions() -> dict[str, str]:
-    import numpy
-    import torch
-
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
     for name in ("onnx", "onnxruntime", "tensorrt"):
         try:
@@ -34,8 +45,6 @@ def _library_versions() -> dict[str, str]:
 
 def configs_valid(repo: Path) -> bool:
     """Every config.pbtxt under `repo` parses as a Triton ModelConfig."""
-    from pinrank.repository.pbtxt import parse_pbtxt
-
     cfgs = list(repo.glob("*/config.pbtxt"))
     if not cfgs:
         return False
@@ -125,16 +134,11 @@ def export(ranker_ckpt: Path, snapshot: Path, data: Path, out: Path, target: str
     window, unknown ids) and publish a new version of the ensemble into
     OUT/cpu and/or OUT/gpu. A failing gate in any required format publishes
     nothing; results go to --results and each version's manifest.json."""
-    from pinrank.export import tensorrt_engine
-    from pinrank.export.configs import parse_instance_counts
-
     try:
         pre_n, ranker_n, post_n = parse_instance_counts(instances)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--instances") from None
     targets = ["cpu", "gpu"] if target == "all" else [target]
-    from pinrank.repository.layout import existing_pipeline
-
     for t in targets:
         present, wanted = existing_pipeline(out / t), (pipeline if t == "cpu" else "ensemble")
         if present is not None and present != wanted:
@@ -153,14 +157,6 @@ def export(ranker_ckpt: Path, snapshot: Path, data: Path, out: Path, target: str
     if "tensorrt" in attempt and "onnx" not in attempt:
         attempt.insert(attempt.index("tensorrt"), "onnx")
     skipped = {"tensorrt": trt_reason or "not requested and no gpu target (--target)"}
-
-    from pinrank.backend.hashing import sha256_of
-    from pinrank.backend.snapshot import SnapshotError, UserSnapshot
-    from pinrank.backend.vocab import ItemVocab
-    from pinrank.data.dataset import DatasetError, load_dataset
-    from pinrank.export.configs import ProfileSettings
-    from pinrank.export.publish import write_repository
-    from pinrank.models.ranker import load_serving_module
 
     try:
         ds = load_dataset(data)
@@ -235,11 +231,6 @@ def _export_formats(module: Any, num_items: int, staging: Path, attempt: list[st
     raises ClickException; in an optional one (TensorRT attempted because it
     is usable) it is recorded and the format is not shipped.
     """
-    from pinrank.export import tensorrt_engine
-    from pinrank.export.onnx_format import export_onnx, output_names
-    from pinrank.export.parity import ParityError
-    from pinrank.export.torchscript import export_torchscript
-
     produced: dict[str, Path] = {}
     entries: dict[str, Any] = {}
     parity: dict[str, Any] = {}
@@ -266,7 +257,7 @@ def _export_formats(module: Any, num_items: int, staging: Path, attempt: list[st
             click.echo(f"TorchScript parity: {_gate_summary(parity[fmt])}")
         elif fmt == "onnx":
             try:
-                res = export_onnx(module, staging / "ranker.onnx", num_items, tolerance)
+                res = onnx_format.export_onnx(module, staging / "ranker.onnx", num_items, tolerance)
             except Exception as exc:  # the exporter itself raises on ops it cannot translate
                 failed(fmt, exc if isinstance(exc, ParityError) else RuntimeError(f"{type(exc).__name__}: {exc}"))
                 continue
@@ -282,11 +273,11 @@ def _export_formats(module: Any, num_items: int, staging: Path, attempt: list[st
             if "onnx" not in produced:
                 failed(fmt, RuntimeError("no gated ONNX graph to build engines from"))
                 continue
-            fp16_tol = {o: fp16_tolerance for o in output_names()}
+            fp16_tol = {o: fp16_tolerance for o in onnx_format.output_names()}
             try:
                 fp32 = tensorrt_engine.export_engine(module, produced["onnx"], staging / "model_fp32.plan", num_items,
                                                      fp16=False, tolerance=tolerance, opt_candidates=opt_candidates)
-                half = export_onnx(module, staging / "ranker_fp16.onnx", num_items, fp16_tol, fp16=True)
+                half = onnx_format.export_onnx(module, staging / "ranker_fp16.onnx", num_items, fp16_tol, fp16=True)
                 fp16 = tensorrt_engine.export_engine(module, half.path, staging / "model_fp16.plan", num_items,
                                                      fp16=True, tolerance=fp16_tol, opt_candidates=opt_candidates)
             except Exception as exc:  # an optional attempt must not take the other formats down

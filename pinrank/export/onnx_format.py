@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -121,8 +123,6 @@ class OnnxRunner:
     schema.RANKER_INPUTS order) -> outputs in schema.RANKER_OUTPUTS order."""
 
     def __init__(self, model: str | Path | bytes, threads: int = 1, quiet: bool = False) -> None:
-        import onnxruntime as ort
-
         so = ort.SessionOptions()
         # One request per call and one instance per core: no intra-op pool, no spinning.
         so.intra_op_num_threads = threads
@@ -201,8 +201,6 @@ def _short(msg: str, keep: int = 140) -> str:
 
 
 def _set_metadata(path: Path, props: dict[str, str]) -> None:
-    import onnx
-
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, props)
     onnx.save(model, str(path))

@@ -2,7 +2,7 @@
 serving will see, or nothing is published.
 
 Standalone on purpose (only numpy, torch and pinrank.backend.schema):
-deploy/gpu_smoke.py loads this file by path on a bare GPU box.
+export/gpu_smoke.py imports it on a bare GPU box (torch + numpy + the checkout).
 """
 
 from __future__ import annotations
@@ -192,6 +192,6 @@ def fp32_strict() -> Iterator[None]:
 
 
 def disable_tf32() -> None:
-    """Turn TF32 off for the rest of the process (scripts like deploy/gpu_smoke.py)."""
+    """Turn TF32 off for the rest of the process (scripts like export/gpu_smoke.py)."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

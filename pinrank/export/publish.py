@@ -21,10 +21,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import pinrank.backend
 import pinrank_client.schema
 import pinrank_client.validation
-
-import pinrank.backend
 from pinrank.backend import schema
 from pinrank.backend.snapshot import UserSnapshot
 from pinrank.backend.vocab import ItemVocab

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import torch
 
 from pinrank.backend import schema
 from pinrank.export.parity import (
@@ -49,10 +51,17 @@ class EngineBuildError(RuntimeError):
     """TensorRT could not parse the ONNX graph or build/load the engine; the message says why."""
 
 
+def _tensorrt() -> Any:
+    """The tensorrt module, imported on first use: the only import of it."""
+    import tensorrt  # noqa: PLC0415 - optional (gpu extra); fails to load without a GPU driver
+
+    return tensorrt
+
+
 def tensorrt_available() -> str | None:
     """None when engines can be built and run here, otherwise the reason why not."""
     try:
-        import tensorrt as trt
+        trt = _tensorrt()
     except ImportError as exc:
         return (f"TensorRT is not importable ({exc}); install the `gpu` extra "
                 "(`pip install -e .[gpu]`) on a machine with an NVIDIA GPU")
@@ -65,8 +74,6 @@ def tensorrt_available() -> str | None:
         major = 0
     if major < MIN_TENSORRT_MAJOR:
         return f"TensorRT {version} is too old: the engine builder needs >= {MIN_TENSORRT_MAJOR}"
-    import torch
-
     if not torch.cuda.is_available():
         return ("no CUDA GPU visible to torch: engines are built and parity-checked on the GPU "
                 "they will serve on (torch is also what holds the engine's buffers)")
@@ -104,8 +111,6 @@ def profile_shapes(opt_candidates: int = OPT_CANDIDATES,
 
 def onnx_is_half_precision(onnx_path: str | Path) -> bool:
     """Whether the graph computes in fp16 (any float16 initializer)."""
-    import onnx
-
     model = onnx.load(str(onnx_path))
     return any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
 
@@ -122,8 +127,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, fp16: bool, *,
     reason = tensorrt_available()
     if reason is not None:
         raise EngineBuildError(reason)
-    import tensorrt as trt
-
+    trt = _tensorrt()
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if onnx_is_half_precision(onnx_path) != fp16:
         want = "half-precision (export_onnx(..., fp16=True))" if fp16 else "fp32"
@@ -167,9 +171,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, fp16: bool, *,
 
 
 def _torch_dtype(trt_dtype: Any) -> Any:
-    import tensorrt as trt
-    import torch
-
+    trt = _tensorrt()
     table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.INT32: torch.int32,
              trt.DataType.INT8: torch.int8, trt.DataType.BOOL: torch.bool}
     if hasattr(trt.DataType, "INT64"):
@@ -191,9 +193,7 @@ class EngineRunner:
         reason = tensorrt_available()
         if reason is not None:
             raise EngineBuildError(reason)
-        import tensorrt as trt
-        import torch
-
+        trt = _tensorrt()
         self.device = torch.device("cuda", device)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
@@ -215,8 +215,6 @@ class EngineRunner:
         self.dtypes = {n: _torch_dtype(self.engine.get_tensor_dtype(n)) for n in names}
 
     def __call__(self, *args: Any) -> list[np.ndarray]:
-        import torch
-
         with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             keep = []  # the bound buffers must outlive the asynchronous run
             for name, a in zip(self.inputs, args):
@@ -276,8 +274,6 @@ def export_engine(module: Any, onnx_path: str | Path, engine_path: str | Path, n
 
 def gpu_info() -> dict[str, Any]:
     """The GPU engines are built for (plans only run on this architecture)."""
-    import torch
-
     if not torch.cuda.is_available():
         return {}
     major, minor = torch.cuda.get_device_capability()

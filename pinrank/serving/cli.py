@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import click
-from pinrank_client.admin import ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_HEADER_PREFIX
 
 from pinrank.repository.layout import existing_pipeline, published_models
 from pinrank.serving.health_endpoint import HealthEndpoint, HealthMonitor
@@ -31,6 +30,7 @@ from pinrank.serving.tritonserver import (
     is_loopback,
     port_in_use,
 )
+from pinrank_client.admin import ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_HEADER_PREFIX
 
 log = logging.getLogger("pinrank.serve")
 

@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
-from pinrank_client.admin import ADMIN_HEADER, ADMIN_KEY_ENV, admin_headers
-
 from pinrank.repository.integrity import IntegrityError, verify_repository
 from pinrank.repository.pbtxt import ParseError, read_config
 from pinrank.serving.health import (
@@ -45,6 +43,7 @@ from pinrank.serving.health import (
     remove_shm_regions,
     stub_processes_in_group,
 )
+from pinrank_client.admin import ADMIN_HEADER, ADMIN_KEY_ENV, admin_headers
 
 #: Triton API groups that need the admin key. Health, metadata, inference and
 #: statistics stay open: the SDK, load tests and benchmarks use only those.
@@ -103,7 +102,7 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 def _pytriton_root() -> Path:
     try:
-        import pytriton
+        import pytriton  # noqa: PLC0415 - a missing install is what this reports, instead of a traceback at import
     except ImportError as exc:  # pragma: no cover - the dependency is pinned
         raise ServerError("nvidia-pytriton is not installed: `pip install nvidia-pytriton==0.7.0`") from exc
     return Path(pytriton.__file__).resolve().parent / "tritonserver"

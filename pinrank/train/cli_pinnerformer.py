@@ -8,11 +8,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
+import torch
 from click.core import ParameterSource
 
+from pinrank.backend.snapshot import SnapshotError, UserSnapshot
+from pinrank.data.dataset import DatasetError, load_dataset
+from pinrank.embed.batch import build_snapshot
+from pinrank.embed.shards import EmbeddingShard, build_shard, merge_shards
 from pinrank.models.pinnerformer import PinnerFormerConfig
-from pinrank.train.distributed import BACKENDS
-from pinrank.train.pinnerformer import PinnerFormerTrainConfig
+from pinrank.train.common import write_json
+from pinrank.train.distributed import BACKENDS, distributed_from_env, gather_objects, world_size_from_env
+from pinrank.train.pinnerformer import PinnerFormerTrainConfig, recall_summary
+from pinrank.train.pinnerformer import train_pinnerformer as train
 from pinrank.train.pinnerformer_loss import NEGATIVES, OBJECTIVES
 from pinrank.train.recipes import RECIPES
 from pinrank.train.recipes import configs as recipe_configs
@@ -24,8 +31,6 @@ _DEFAULT_MODEL = PinnerFormerConfig()
 
 
 def _load_data(path: Path):  # type: ignore[no-untyped-def]
-    from pinrank.data.dataset import DatasetError, load_dataset
-
     try:
         return load_dataset(path)
     except DatasetError as exc:
@@ -42,8 +47,6 @@ BACKEND_OPTION = click.option(
 
 def _set_threads(threads: int | None) -> None:
     if threads is not None:
-        import torch
-
         torch.set_num_threads(threads)
 
 
@@ -95,7 +98,8 @@ def _set_threads(threads: int | None) -> None:
                    "given on the command line override it.")
 @BACKEND_OPTION
 def train_pinnerformer(data: Path, out: Path, steps: int, batch_size: int, positions: int, lr: float,
-                       window_days: float, objective: str, negatives: str, no_logq: bool, layers: int, hidden: int, heads: int, paper_size: bool, seed: int, resume: bool,
+                       window_days: float, objective: str, negatives: str, no_logq: bool, layers: int, hidden: int,
+                       heads: int, paper_size: bool, seed: int, resume: bool,
                        curve: Path | None, metrics_path: Path | None, no_eval: bool, train_cut: str | None,
                        threads: int | None, progress: bool, recipe: str, backend: str) -> None:
     """Train the PinnerFormer user tower (default: the dense all-action loss).
@@ -105,11 +109,6 @@ def train_pinnerformer(data: Path, out: Path, steps: int, batch_size: int, posit
     Data-parallel under torchrun (`torchrun --standalone --nproc_per_node=N
     -m pinrank.cli train pinnerformer ...`): rank 0 writes everything.
     """
-    from pinrank.train.common import write_json
-    from pinrank.train.distributed import distributed_from_env
-    from pinrank.train.pinnerformer import recall_summary
-    from pinrank.train.pinnerformer import train_pinnerformer as train
-
     _set_threads(threads)
     # Options typed on the command line win over the recipe; their defaults do not.
     source = click.get_current_context().get_parameter_source
@@ -177,15 +176,6 @@ def embed(checkpoint: Path, data: Path, out: Path, as_of: str | None, previous: 
     --standalone --nproc_per_node=N -m pinrank.cli embed ...`): each rank
     embeds one shard and rank 0 merges them into --out.
     """
-    from pinrank.backend.snapshot import SnapshotError, UserSnapshot
-    from pinrank.embed.batch import build_snapshot
-    from pinrank.embed.shards import build_shard, merge_shards
-    from pinrank.train.distributed import (
-        distributed_from_env,
-        gather_objects,
-        world_size_from_env,
-    )
-
     if (num_shards is None) != (shard_index is None):
         raise click.UsageError("give --num-shards and --shard-index together")
     if num_shards is not None and shard_index is not None and shard_index >= num_shards:
@@ -235,9 +225,6 @@ def embed_merge(shards: tuple[Path, ...], out: Path, previous: Path | None) -> N
     Refuses a missing or repeated shard, shards of different models, dates,
     data or previous snapshots, and overlapping users.
     """
-    from pinrank.backend.snapshot import SnapshotError, UserSnapshot
-    from pinrank.embed.shards import EmbeddingShard, merge_shards
-
     try:
         loaded = [EmbeddingShard.load(p) for p in shards]
         prev = UserSnapshot.load(previous) if previous is not None else None

@@ -7,13 +7,21 @@ from dataclasses import replace
 from pathlib import Path
 
 import click
+import numpy as np
+import torch
 
+from pinrank.backend.snapshot import SnapshotError, UserSnapshot
+from pinrank.data.dataset import DatasetError, load_dataset
+from pinrank.embed import batch as embed_batch  # a module: tests replace build_daily_snapshots on it
 from pinrank.models.ranker import RankerConfig
 from pinrank.models.realtime import MODES
 from pinrank.train.cli_pinnerformer import BACKEND_OPTION
-from pinrank.train.distributed import SINGLE, DistContext, broadcast_object
+from pinrank.train.common import write_json
+from pinrank.train.distributed import SINGLE, DistContext, broadcast_object, distributed_from_env
 from pinrank.train.pinnerformer import pinnerformer_train_cut_ms
-from pinrank.train.ranker import TrainConfig
+from pinrank.train.ranker import TrainConfig, format_metrics
+from pinrank.train.ranker import train_ranker as run_training
+from pinrank.train.ranker_data import build_ranker_data
 from pinrank.train.training_cut import (
     format_ms,
     ranker_periods,
@@ -26,13 +34,12 @@ _DEFAULT_TRAIN = TrainConfig()
 
 
 def _load_snapshot_dir(root: Path) -> list:
-    from pinrank.backend.snapshot import UserSnapshot
-
     subdirs = sorted(p for p in root.iterdir() if (p / "user_ids.npy").exists())
     if (root / "user_ids.npy").exists():
         subdirs = [root]
     if not subdirs:
-        raise click.ClickException(f"{root}: no snapshots (expected one subdirectory per day, each holding user_ids.npy)")
+        raise click.ClickException(
+            f"{root}: no snapshots (expected one subdirectory per day, each holding user_ids.npy)")
     return [UserSnapshot.load(p) for p in subdirs]
 
 
@@ -45,15 +52,10 @@ def _snapshots(ds, pinnerformer: Path | None, snapshots_dir: Path | None,  # typ
     if pinnerformer is None:
         assert snapshots_dir is not None
         return _load_snapshot_dir(snapshots_dir)
-    try:
-        from pinrank.embed.batch import build_daily_snapshots
-    except ImportError as exc:
-        raise click.ClickException(f"cannot build snapshots: pinrank.embed.batch is unavailable ({exc})") from None
-
     if not ctx.is_main:
         return broadcast_object(None, ctx)
     start = int(ds.meta["start_ms"]) if from_ms is None else from_ms
-    snaps = build_daily_snapshots(pinnerformer, ds, start, int(ds.meta["end_ms"]))
+    snaps = embed_batch.build_daily_snapshots(pinnerformer, ds, start, int(ds.meta["end_ms"]))
     broadcast_object(snaps, ctx)
     if snapshots_dir is not None:
         for s in snaps:
@@ -102,7 +104,8 @@ def _snapshots(ds, pinnerformer: Path | None, snapshots_dir: Path | None,  # typ
 @BACKEND_OPTION
 def train_ranker(data: Path, pinnerformer: Path | None, no_pinnerformer: bool, snapshots_dir: Path | None,
                  train_start: str | None, out: Path, mode: str, no_realtime: bool, steps: int, batch_size: int,
-                 lr: float, mask_window_h: float, seed: int, resume: bool, curve: Path | None, metrics_path: Path | None,
+                 lr: float, mask_window_h: float, seed: int, resume: bool, curve: Path | None,
+                 metrics_path: Path | None,
                  threads: int | None, progress: bool, backend: str) -> None:
     """Train the ranker (DCN v2 over candidate, PinnerFormer user embedding,
     context and the realtime action sequence; one head per schema.HEADS) on the
@@ -115,17 +118,6 @@ def train_ranker(data: Path, pinnerformer: Path | None, no_pinnerformer: bool, s
     under torchrun (`torchrun --standalone --nproc_per_node=N -m pinrank.cli
     train ranker ...`): rank 0 builds the snapshots and writes everything.
     """
-    import numpy as np
-    import torch
-
-    from pinrank.backend.snapshot import SnapshotError
-    from pinrank.data.dataset import DatasetError, load_dataset
-    from pinrank.train.common import write_json
-    from pinrank.train.distributed import distributed_from_env
-    from pinrank.train.ranker import format_metrics
-    from pinrank.train.ranker import train_ranker as run_training
-    from pinrank.train.ranker_data import build_ranker_data
-
     chosen = [pinnerformer is not None, no_pinnerformer, snapshots_dir is not None and pinnerformer is None]
     if no_pinnerformer and (pinnerformer is not None or snapshots_dir is not None):
         raise click.ClickException("--no-pinnerformer cannot be combined with --pinnerformer or --snapshots-dir")

@@ -22,10 +22,10 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def plot_curves(history: dict[str, list[float]], path: str | Path, title: str) -> Path:
     """Write a PNG with one panel per metric series (x = logged step index)."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - plots are optional output; Agg must be chosen before pyplot loads
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - after matplotlib.use("Agg") above
 
     names = [k for k, v in history.items() if v]
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4.5 * max(1, len(names)), 3.4))

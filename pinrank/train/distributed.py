@@ -28,6 +28,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 BACKENDS = ("auto", "gloo", "nccl")
 
@@ -69,8 +70,6 @@ class DistContext:
         """
         if not self.enabled:
             return module
-        from torch.nn.parallel import DistributedDataParallel
-
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False,
                                        find_unused_parameters=find_unused_parameters)

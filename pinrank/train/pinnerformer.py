@@ -280,7 +280,8 @@ class PinnerFormerStep(nn.Module):
         return batch_loss(self.model, self.loss_fn, batch, neg, self.ctx)
 
 
-def eval_targets(ds: Dataset, sequence_actions: Any, window_days: float) -> tuple[UserTimelines, list[int], list[np.ndarray]]:
+def eval_targets(ds: Dataset, sequence_actions: Any,
+                 window_days: float) -> tuple[UserTimelines, list[int], list[np.ndarray]]:
     """History timelines (before train_end_ms), the evaluated history rows and each one's
     distinct positive items in [train_end, train_end + window_days)."""
     t0 = ds.train_end_ms

@@ -15,9 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+import torch
 
 from pinrank.backend import schema
+from pinrank.data.dataset import DatasetError, load_dataset
+from pinrank.models.pinnerformer import load_pinnerformer
 from pinrank.train.common import write_report
+from pinrank.train.pinnerformer import PinnerFormerTrainConfig, train_pinnerformer
+from pinrank.train.pinnerformer_eval import evaluate_inference_modes, evaluate_pinnerformer
 
 #: (objective, negatives, logq) rows, the paper's comparisons first.
 VARIANTS: tuple[tuple[str, str, bool], ...] = (
@@ -74,16 +79,6 @@ def render_markdown(report: dict[str, Any]) -> str:
 def main(data: Path, out: Path, work: Path, steps: int, threads: int, only: tuple[str, ...],
          eval_window_days: float, future_window_days: float) -> None:
     """Train every ablation variant of PinnerFormer and compare them."""
-    import torch
-
-    from pinrank.data.dataset import DatasetError, load_dataset
-    from pinrank.models.pinnerformer import load_pinnerformer
-    from pinrank.train.pinnerformer import PinnerFormerTrainConfig, train_pinnerformer
-    from pinrank.train.pinnerformer_eval import (
-        evaluate_inference_modes,
-        evaluate_pinnerformer,
-    )
-
     torch.set_num_threads(threads)
     try:
         ds = load_dataset(data)

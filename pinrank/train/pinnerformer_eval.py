@@ -38,9 +38,10 @@ import torch
 from pinrank.backend import schema
 from pinrank.backend.units import MS_PER_DAY
 from pinrank.data.dataset import Dataset
+from pinrank.data.synthetic import config_from_meta, simulate
 from pinrank.embed.batch import user_embeddings
-from pinrank.models.pinnerformer import PinnerFormer, UserTimelines
 from pinrank.metrics import recall_at_k
+from pinrank.models.pinnerformer import PinnerFormer, UserTimelines
 from pinrank.train.pinnerformer import eval_targets
 
 
@@ -106,7 +107,8 @@ def history_mean_embeddings(hist: UserTimelines, rows: np.ndarray, items: np.nda
     return out
 
 
-def _metrics(top: np.ndarray, truth: list[np.ndarray], k: int, num_items: int, topic_of: np.ndarray) -> dict[str, float]:
+def _metrics(top: np.ndarray, truth: list[np.ndarray], k: int, num_items: int,
+             topic_of: np.ndarray) -> dict[str, float]:
     return {"recall": recall_at_k(top[:, :k], truth), "p90_coverage": p90_coverage(top[:, :k], num_items),
             "interest_entropy": interest_entropy(top, topic_of)}
 
@@ -154,8 +156,6 @@ def interest_oracle_top_k(ds: Dataset, user_ids: np.ndarray, k: int) -> np.ndarr
     user's true topic mixture on the last training day: what a model that recovered the hidden
     interests and item popularity exactly would retrieve (no taste, no session intent).
     """
-    from pinrank.data.synthetic import config_from_meta, simulate
-
     cfg = config_from_meta(ds.meta)
     if cfg is None:
         return None

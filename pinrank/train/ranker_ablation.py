@@ -32,9 +32,18 @@ from pathlib import Path
 from typing import Any
 
 import click
+import torch
 
 from pinrank.backend import schema
+from pinrank.backend.snapshot import SnapshotError
+from pinrank.data.dataset import DatasetError, load_dataset
+from pinrank.embed.batch import build_daily_snapshots
+from pinrank.models.ranker import RankerConfig
 from pinrank.train.common import write_report
+from pinrank.train.pinnerformer import pinnerformer_train_cut_ms
+from pinrank.train.ranker import TrainConfig, train_ranker
+from pinrank.train.ranker_cost import gflop_per_request, ms_per_request
+from pinrank.train.ranker_data import build_ranker_data
 from pinrank.train.training_cut import (
     format_ms,
     ranker_periods,
@@ -106,17 +115,6 @@ def main(data: Path, pinnerformer: Path, out: Path, train_start: str | None, wor
          only: tuple[str, ...], cost_repeats: int) -> None:
     """Train every ranker ablation variant and compare quality and cost."""
     # Deferred so that --help and argument errors answer without loading torch and the models.
-    import torch
-
-    from pinrank.backend.snapshot import SnapshotError
-    from pinrank.data.dataset import DatasetError, load_dataset
-    from pinrank.embed.batch import build_daily_snapshots
-    from pinrank.models.ranker import RankerConfig
-    from pinrank.train.pinnerformer import pinnerformer_train_cut_ms
-    from pinrank.train.ranker import TrainConfig, train_ranker
-    from pinrank.train.ranker_cost import gflop_per_request, ms_per_request
-    from pinrank.train.ranker_data import build_ranker_data
-
     torch.set_num_threads(threads)
     t_all = time.time()
     try:

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
-from pinrank_client.validation import InvalidRequestError
 
 from pinrank.backend import schema
 from pinrank.backend.preprocess import Preprocessor
 from pinrank.backend.snapshot import UserSnapshot
 from pinrank.backend.vocab import ItemVocab
+from pinrank_client.validation import InvalidRequestError
 
 REQ = 1_767_225_600_000
 

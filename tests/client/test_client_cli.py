@@ -6,7 +6,8 @@ import socket
 
 import pytest
 from click.testing import CliRunner
-from pinrank_client import RankResponse, cli, schema
+
+from pinrank_client import RankResponse, RequestTimeoutError, ServerError, cli, schema
 from pinrank_client.client import Health
 
 NOW = 1_718_000_000_000
@@ -223,8 +224,6 @@ def test_health_ok_and_model_not_ready(fake):
 
 
 def test_server_errors_and_bugs_exit_1_without_traceback(fake, monkeypatch):
-    from pinrank_client import ServerError
-
     def boom(self, request):
         raise ServerError("boom")
 
@@ -241,8 +240,6 @@ def test_server_errors_and_bugs_exit_1_without_traceback(fake, monkeypatch):
 
 
 def test_timeout_exits_4(fake, monkeypatch):
-    from pinrank_client import RequestTimeoutError
-
     def slow(self, request):
         raise RequestTimeoutError("no answer from grpc://fake:1 within 0.1 s")
 
@@ -276,7 +273,8 @@ def test_health_of_several_servers(monkeypatch):
     monkeypatch.setattr(cli.RankingClient, "health_all", lambda self: statuses)
     result = run("health", "--url", "a:1,b:1")
     assert result.exit_code == 0, result.output
-    assert "server        grpc://a:1" in result.stdout and "live          no  (grpc://a:1 is unavailable" in result.stdout
+    assert "server        grpc://a:1" in result.stdout
+    assert "live          no  (grpc://a:1 is unavailable" in result.stdout
     assert "model ready   yes" in result.stdout
     result = run("health", "--url", "a:1,b:1", "--json")
     assert [s["url"] for s in json.loads(result.stdout)] == ["grpc://a:1", "grpc://b:1"]

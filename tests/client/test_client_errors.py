@@ -1,9 +1,13 @@
 """Mapping transport failures onto the SDK's exception hierarchy (synthetic errors, no server)."""
 
 import asyncio
+import json
 import socket
 
 import pytest
+from geventhttpclient.response import HTTPParseError
+from tritonclient.utils import InferenceServerException
+
 from pinrank_client import RankRequest, errors, validation
 from pinrank_client.errors import (
     AccessDeniedError,
@@ -16,7 +20,6 @@ from pinrank_client.errors import (
     ServerUnavailableError,
     map_exception,
 )
-from tritonclient.utils import InferenceServerException
 
 
 def ise(status, msg):
@@ -143,8 +146,6 @@ def test_hierarchy():
 
 
 def test_an_answer_that_is_not_http_means_the_wrong_port():
-    from geventhttpclient.response import HTTPParseError
-
     raw = HTTPParseError("Expected HTTP/, RTSP/ or ICE/", 8)
     mapped = map_exception(raw, url="http://h:8001")
     assert type(mapped) is InvalidArgumentError and mapped.__cause__ is raw
@@ -154,8 +155,8 @@ def test_an_answer_that_is_not_http_means_the_wrong_port():
 
 def test_aiohttp_errors_beyond_connection_errors():
     aiohttp = pytest.importorskip("aiohttp")
-    from multidict import CIMultiDict, CIMultiDictProxy
-    from yarl import URL
+    from multidict import CIMultiDict, CIMultiDictProxy  # noqa: PLC0415 - aiohttp's dependency: after its importorskip
+    from yarl import URL  # noqa: PLC0415 - aiohttp's dependency: after its importorskip
 
     info = aiohttp.RequestInfo(URL("http://h:8001/v2/health/live"), "GET", CIMultiDictProxy(CIMultiDict()))
     bad_status = aiohttp.ClientResponseError(info, (), status=400, message="Bad status line:\n  b'\\x00\\x00'")
@@ -191,7 +192,7 @@ def test_a_closed_socket_stays_retryable_with_a_hint():
 
 def test_raw_grpc_errors_are_mapped_by_code():
     grpc = pytest.importorskip("grpc")
-    from grpc.aio import AioRpcError, Metadata
+    from grpc.aio import AioRpcError, Metadata  # noqa: PLC0415 - only once importorskip("grpc") has passed
 
     raw = AioRpcError(grpc.StatusCode.UNAVAILABLE, Metadata(), Metadata(), details="connection reset")
     mapped = map_exception(raw, url="grpc://h:1")
@@ -201,8 +202,6 @@ def test_raw_grpc_errors_are_mapped_by_code():
 
 
 def test_other_transport_library_errors_are_server_errors():
-    import json
-
     with pytest.raises(json.JSONDecodeError) as info:
         json.loads("<html>502</html>")
     mapped = map_exception(info.value, url="http://h:1")

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from pinrank_client import (
     Action,
     ActionHistory,
@@ -24,6 +25,7 @@ from pinrank_client import (
     RankResponse,
     RetryPolicy,
     ServerError,
+    admin_headers,
     cli,
     parse_url,
     schema,
@@ -414,6 +416,4 @@ def test_header_values_are_not_echoed_in_errors():
 
 
 def test_empty_admin_key():
-    from pinrank_client import admin_headers
-
     raises(InvalidArgumentError, "empty admin key")(lambda: admin_headers(""))

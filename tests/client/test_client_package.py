@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pinrank_client
 import pytest
+
+import pinrank_client
 
 CLIENT_DIR = Path(__file__).resolve().parents[2] / "client"
 

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import sdk_call  # tests/client/, on sys.path as the test's own folder
 from click.testing import CliRunner
-from testkit.export_inputs import (
-    make_export_inputs,  # tests/ is on sys.path via tests/conftest.py
-)
-from testkit.toy_data import START_MS
+
+from pinrank.backend.units import MS_PER_DAY
+from pinrank.cli import main
+from pinrank.serving.tritonserver import running_server
 from pinrank_client import (
     Action,
     AsyncRankingClient,
@@ -32,8 +32,10 @@ from pinrank_client import (
     ServerUnavailableError,
     cli,
 )
-
-from pinrank.backend.units import MS_PER_DAY
+from testkit.export_inputs import (
+    make_export_inputs,  # tests/ is on sys.path via tests/conftest.py
+)
+from testkit.toy_data import START_MS
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -43,9 +45,6 @@ FLAVOURS = ["sync", "async"]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    from pinrank.cli import main
-    from pinrank.serving.tritonserver import running_server
-
     root = tmp_path_factory.mktemp("client_real_server")
     inputs = make_export_inputs(root / "inputs")
     args = ["export", *inputs.cli_args(), "--out", str(root / "repo"), "--target", "cpu",

@@ -7,8 +7,11 @@ import logging
 import threading
 import time
 
+import gevent
 import numpy as np
 import pytest
+from tritonclient.utils import InferenceServerException
+
 from pinrank_client import (
     AsyncRankingClient,
     InvalidArgumentError,
@@ -27,8 +30,7 @@ from pinrank_client import (
 )
 from pinrank_client._retry import EndpointPool, acall_with_retries, call_with_retries
 from pinrank_client._triton import grpc_channel_args
-from pinrank_client.client import Health
-from tritonclient.utils import InferenceServerException
+from pinrank_client.client import Health, _best
 
 NOW = 1_718_000_000_000
 A, B, C = (parse_url(f"grpc://h{i}:1") for i in range(3))
@@ -335,8 +337,6 @@ def test_per_call_timeout_overrides_the_clients():
 
 
 def test_http_per_call_deadline_is_enforced_by_the_sdk():
-    import gevent
-
     class Slow(FakeTriton):
         def _sleep(self, s):
             gevent.sleep(s)  # cooperative, as geventhttpclient's socket waits are
@@ -485,8 +485,6 @@ def test_health_picks_the_best_server_and_never_raises():
 
 
 def _best_of(*healths):
-    from pinrank_client.client import _best
-
     return _best(healths)
 
 

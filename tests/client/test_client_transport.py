@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+
 from pinrank_client import RankRequest, _triton, schema, types
 from pinrank_client._triton import (
     build_inputs,

@@ -1,9 +1,12 @@
 """Request building, validation messages and response parsing (no server)."""
 
 import dataclasses
+import json
+import time
 
 import numpy as np
 import pytest
+
 from pinrank_client import (
     Action,
     ActionHistory,
@@ -96,8 +99,6 @@ def test_to_arrays_passes_the_shared_validator():
 
 
 def test_request_ts_defaults_to_now_and_is_fixed():
-    import time
-
     before = int(time.time() * 1000)
     req = RankRequest(1, [1])
     after = int(time.time() * 1000)
@@ -287,8 +288,6 @@ def test_response_from_arrays():
 
 
 def test_response_to_dict_is_json_ready():
-    import json
-
     d = RankResponse.from_arrays(outputs(1), latency_ms=2.0).to_dict()
     assert json.loads(json.dumps(d)) == d
     assert d["items"][0] == {

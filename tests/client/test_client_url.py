@@ -1,6 +1,7 @@
 """Server URL and protocol parsing."""
 
 import pytest
+
 from pinrank_client import parse_url, parse_urls
 from pinrank_client._url import Endpoint
 

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import grpc
 import pytest
 import sdk_call  # tests/client/, on sys.path as the test's own folder
+
 from pinrank_client import InvalidArgumentError, RankRequest
 
 NOW = 1_718_000_000_000

@@ -11,8 +11,11 @@ import shlex
 from pathlib import Path
 
 import click
-import pinrank_client
 import pytest
+
+import pinrank_client
+from pinrank.cli import main as pinrank_main
+from pinrank_client.cli import main as client_main
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
@@ -96,11 +99,7 @@ def _command_lines() -> list[list[str]]:
 
 
 def _resolve(words: list[str]) -> tuple[click.Command, list[str]]:
-    if words[0] == "pinrank":
-        from pinrank.cli import main
-    else:
-        from pinrank_client.cli import main
-    command: click.Command = main
+    command: click.Command = pinrank_main if words[0] == "pinrank" else client_main
     rest = words[1:]
     while isinstance(command, click.Group) and rest and not rest[0].startswith("-"):
         sub = command.get_command(click.Context(command), rest[0])

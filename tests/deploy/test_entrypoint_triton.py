@@ -19,8 +19,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
+import pinrank_client
 from pinrank.serving.tritonserver import free_ports, server_env, tritonserver_binary
+from pinrank_client import PinrankError, RankingClient, ServerUnavailableError, admin_headers
 
 pytestmark = pytest.mark.triton
 
@@ -102,9 +106,6 @@ def test_restricted_http_apis_need_the_key(server, method, path):
 
 
 def test_restricted_grpc_apis_need_the_key(server):
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException
-
     client = grpcclient.InferenceServerClient(server["grpc"])
     try:
         assert client.is_server_ready()  # health stays open
@@ -116,26 +117,15 @@ def test_restricted_grpc_apis_need_the_key(server):
         client.close()
 
 
-def _admin_headers(key: str) -> dict[str, str]:
-    try:
-        from pinrank_client import admin_headers
-    except ImportError:  # an SDK without the helper: the same two spellings by hand
-        return {HEADER: key, GRPC_HEADER: key}
-    return admin_headers(key)
-
-
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_sdk_sends_the_admin_header_across_failover(server, protocol):
     """The client side of the fleet: several URLs, one of them down; the admin
     header goes with every attempt, so the failover lands on a server that
     accepts it, over either protocol with one headers dict."""
-    import pinrank_client
-    from pinrank_client import PinrankError, RankingClient, ServerUnavailableError
-
     (dead,) = free_ports(1)
     live = server["http"] if protocol == "http" else f"grpc://{server['grpc']}"
     urls = [f"{protocol}://127.0.0.1:{dead}", live]
-    with RankingClient(urls, retries=2, backoff_s=0.01, headers=_admin_headers(KEY)) as client:
+    with RankingClient(urls, retries=2, backoff_s=0.01, headers=admin_headers(KEY)) as client:
         assert client.list_models() == []
         assert [h.live for h in client.health_all()] == [False, True]
     with RankingClient(urls, retries=2, backoff_s=0.01) as client, pytest.raises(PinrankError) as excinfo:

@@ -28,10 +28,17 @@ import kubernetes_validate
 import numpy as np
 import pytest
 import yaml
-from pinrank_client import admin
+from tritonclient.grpc import model_config_pb2 as mc
 
 from pinrank.backend import schema
+from pinrank.backend.snapshot import UserSnapshot
+from pinrank.backend.vocab import ItemVocab
+from pinrank.export.cli import export
+from pinrank.export.configs import PROFILES, profile_configs
+from pinrank.export.publish import write_repository
 from pinrank.serving import tritonserver as local_server
+from pinrank.serving.proxy import ProxySettings
+from pinrank_client import admin
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -398,8 +405,6 @@ def test_ports_agree_everywhere(triton, started_with, rendered):
     """Triton's ports (loopback) are what the proxy forwards to and what the
     probes call; the proxy's ports are what the Service, the Prometheus
     annotation and the ServiceMonitor use."""
-    from pinrank.serving.proxy import ProxySettings
-
     deployment, service = triton["Deployment"], triton["Service"]
     c = container(deployment)
     triton_ports = {"http": int(started_with["--http-port"]), "grpc": int(started_with["--grpc-port"]),
@@ -565,10 +570,6 @@ def test_pod_meets_the_restricted_pod_security_standard(triton):
 
 
 def test_gpu_and_rollout_settings(triton, started_with):
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    from pinrank.export.configs import profile_configs
-
     ranker = profile_configs("gpu")[schema.RANKER_MODEL]
     assert ranker.instance_group[0].kind == mc.ModelInstanceGroup.Kind.Value("KIND_GPU")
     resources = container(triton["Deployment"])["resources"]
@@ -596,16 +597,14 @@ def test_dockerfile_base_image_matches_the_tested_triton():
 
 
 def test_dockerfile_copies_what_export_writes_and_the_entrypoint_serves(triton):
-    from pinrank.export.cli import export
-    from pinrank.export.configs import PROFILES
-
     copies = [args.split() for args in dockerfile("COPY")]
     assert all(not a[0].startswith("--") for a in copies), "COPY flags need a newer builder; keep them out"
     by_dest = {dest: src for src, dest in copies}
     repo_src = by_dest["/models"]
     (out_default,) = [p.default for p in export.params if p.name == "out"]
     assert "gpu" in PROFILES
-    assert Path(repo_src) == Path(out_default) / "gpu", "the Dockerfile copies what `pinrank export --target gpu` writes"
+    assert Path(repo_src) == Path(out_default) / "gpu", (
+        "the Dockerfile copies what `pinrank export --target gpu` writes")
     for src in by_dest.values():
         if src != repo_src:
             assert (ROOT / src).is_file(), f"COPY {src}: missing from the repository"
@@ -687,8 +686,6 @@ def check_self_contained(repo: Path) -> None:
     module only the imports run when it is imported (a lazy import inside a
     function there belongs to a caller that may never run in this profile,
     like the cpu ranker's runtime loaders)."""
-    from pinrank.export.configs import profile_configs
-
     python_models = {name for name, cfg in profile_configs("gpu").items() if cfg.backend == "python"}
     assert python_models == {schema.PREPROCESS_MODEL, schema.POSTPROCESS_MODEL}
     allowed = set(sys.stdlib_module_names) | {"__future__", "numpy", "triton_python_backend_utils"}
@@ -713,10 +710,6 @@ def check_self_contained(repo: Path) -> None:
 def gpu_repository(tmp_path) -> Path:
     """A `gpu` repository as `pinrank export --target gpu` lays it out (the
     ranker file is a stand-in: the libtorch backend, not Python, loads it)."""
-    from pinrank.backend.snapshot import UserSnapshot
-    from pinrank.backend.vocab import ItemVocab
-    from pinrank.export.publish import write_repository
-
     ranker = tmp_path / "ranker.pt"
     ranker.write_bytes(b"not loaded by these tests")
     emb = np.eye(2, schema.USER_EMB_DIM, dtype=np.float32)

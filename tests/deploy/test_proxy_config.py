@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.http as httpclient
 import yaml
+from tritonclient.grpc import service_pb2
 
 from pinrank.backend import schema
 from pinrank.serving import proxy
@@ -77,7 +79,8 @@ def test_sidecar_is_the_nginx_release_tested_here():
     assert name == "nginx" and re.fullmatch(r"\d+\.\d+\.\d+", tag), "a pinned official nginx image"
     if NGINX is None:
         pytest.skip("nginx is not installed here to compare with")
-    local = re.search(r"nginx/(\d+\.\d+)", subprocess.run([NGINX, "-v"], capture_output=True, text=True, check=True).stderr)
+    version = subprocess.run([NGINX, "-v"], capture_output=True, text=True, check=True).stderr
+    local = re.search(r"nginx/(\d+\.\d+)", version)
     assert local and tag.startswith(local.group(1) + "."), "test the release the pod runs"
 
 
@@ -92,9 +95,6 @@ def _largest_request() -> dict[str, np.ndarray]:
 
 def test_body_cap_admits_the_largest_legal_request_over_http_and_grpc():
     """Measured on what tritonclient (the SDK's transport) actually sends."""
-    import tritonclient.http as httpclient
-    from tritonclient.grpc import service_pb2
-
     arrays = _largest_request()
     inputs = []
     for name, arr in arrays.items():
@@ -136,8 +136,6 @@ def test_header_length_regex_matches_exactly_one_to_n(n):
 # -- the allow-list -------------------------------------------------------------
 
 def test_every_grpc_method_is_either_allowed_or_refused():
-    from tritonclient.grpc import service_pb2
-
     service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert service.full_name == proxy.GRPC_SERVICE
     methods = {m.name for m in service.methods}

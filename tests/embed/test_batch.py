@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from testkit.toy_data import START_MS, make_toy_dataset
+
 from pinrank.backend import schema
 from pinrank.backend.hashing import sha256_of
 from pinrank.backend.snapshot import UserSnapshot
 from pinrank.backend.units import MS_PER_DAY
+from pinrank.cli import main
 from pinrank.data.dataset import save_dataset
 from pinrank.embed.batch import (
     build_daily_snapshots,
@@ -23,11 +24,13 @@ from pinrank.embed.batch import (
 )
 from pinrank.models.checkpoints import save_checkpoint
 from pinrank.models.pinnerformer import (
+    PinnerFormer,
     PinnerFormerConfig,
     UserTimelines,
     load_pinnerformer,
 )
 from pinrank.train.pinnerformer import PinnerFormerTrainConfig, train_pinnerformer
+from testkit.toy_data import START_MS, make_toy_dataset
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +135,8 @@ def test_daily_snapshots_chain_and_lookup(toy, ckpt):
     assert [s.as_of_ms for s in snaps] == day_boundaries(start, end)
     assert [s.meta["incremental"] for s in snaps] == [False, True, True, True]
     assert np.allclose(snaps[-1].user_emb, build_snapshot(ckpt, toy, snaps[-1].as_of_ms).user_emb, atol=1e-5)
-    ts = np.array([START_MS + MS_PER_DAY, START_MS + 3 * MS_PER_DAY, START_MS + 4 * MS_PER_DAY - 1, START_MS + 9 * MS_PER_DAY])
+    ts = np.array([START_MS + MS_PER_DAY, START_MS + 3 * MS_PER_DAY, START_MS + 4 * MS_PER_DAY - 1,
+                   START_MS + 9 * MS_PER_DAY])
     assert snapshot_index(snaps, ts).tolist() == [-1, 1, 1, 3]
     users = np.array([snaps[1].user_ids[0]] * 4)
     emb, known = daily_embeddings(snaps, users, ts)
@@ -142,8 +146,6 @@ def test_daily_snapshots_chain_and_lookup(toy, ckpt):
 
 
 def test_model_out_dim_must_match_schema(toy, tmp_path):
-    from pinrank.models.pinnerformer import PinnerFormer
-
     model = PinnerFormer(PinnerFormerConfig(num_layers=1, hidden=16, heads=2, out_dim=8, max_len=8, item_hidden=16),
                          toy.item_emb)
     with pytest.raises(ValueError, match="USER_EMB_DIM"):
@@ -151,8 +153,6 @@ def test_model_out_dim_must_match_schema(toy, tmp_path):
 
 
 def test_embed_cli(toy, ckpt, tmp_path):
-    from pinrank.cli import main
-
     data = save_dataset(toy, tmp_path / "data")
     runner = CliRunner()
     res = runner.invoke(main, ["embed", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(tmp_path / "s0"),

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from testkit.toy_data import START_MS, make_toy_dataset
+
 from pinrank.backend.snapshot import UserSnapshot
 from pinrank.backend.units import MS_PER_DAY
 from pinrank.cli import main
@@ -26,6 +26,7 @@ from pinrank.embed.shards import (
 )
 from pinrank.models.pinnerformer import PinnerFormerConfig, load_pinnerformer
 from pinrank.train.pinnerformer import PinnerFormerTrainConfig, train_pinnerformer
+from testkit.toy_data import START_MS, make_toy_dataset
 
 D0 = START_MS + 4 * MS_PER_DAY  # 2024-01-05: the previous snapshot
 D1 = START_MS + 5 * MS_PER_DAY  # 2024-01-06: today's

@@ -6,10 +6,11 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from testkit.toy_data import make_toy_dataset
+
 from pinrank.data.dataset import save_dataset
 from pinrank.eval.cli import eval_group
 from pinrank.eval.protocols import leave_one_out_report, window_report
+from testkit.toy_data import make_toy_dataset
 
 pytestmark = pytest.mark.slow
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from testkit.toy_data import START_MS, make_toy_dataset
+
 from pinrank.backend import schema
 from pinrank.backend.units import MS_PER_DAY
 from pinrank.data.dataset import Dataset
 from pinrank.eval.splits import leave_one_out, temporal_window
 from pinrank.models.pinnerformer import UserTimelines
+from testkit.toy_data import START_MS, make_toy_dataset
 
 A = schema.ACTION_IDS
 

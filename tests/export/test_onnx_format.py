@@ -6,19 +6,24 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from click.testing import CliRunner
+
+from pinrank.backend import schema
+from pinrank.cli import main
+from pinrank.export import onnx_format
+from pinrank.export.cli import export
+from pinrank.export.configs import ProfileSettings
+from pinrank.export.onnx_format import OnnxRunner, dynamic_axes, export_onnx
+from pinrank.export.parity import ParityError, ParityReport, check_parity, edge_cases
+from pinrank.export.tensorrt_engine import onnx_is_half_precision
+from pinrank.models.ranker import Ranker, RankerConfig, RankerServing
+from pinrank.repository.pbtxt import parse_pbtxt
 from testkit.export_inputs import (
     make_export_inputs,  # tests/ is on sys.path via tests/conftest.py
 )
-
-from pinrank.backend import schema
-from pinrank.export import onnx_format
-from pinrank.export.onnx_format import OnnxRunner, dynamic_axes, export_onnx
-from pinrank.export.parity import ParityError, ParityReport, check_parity, edge_cases
-from pinrank.models.ranker import Ranker, RankerConfig, RankerServing
-from pinrank.repository.pbtxt import parse_pbtxt
 
 NUM_ITEMS = 40
 
@@ -94,10 +99,6 @@ def test_empty_history_and_unknown_ids_stay_finite(tmp_path):
 
 
 def test_fp16_graph_computes_in_half_with_fp32_io(tmp_path):
-    import onnx
-
-    from pinrank.export.tensorrt_engine import onnx_is_half_precision
-
     res = export_onnx(_serving("fused"), tmp_path / "half.onnx", NUM_ITEMS, {"probs": 1e-2}, fp16=True)
     assert res.report.passed and res.fp16 and not res.seq_axis.dynamic
     model = onnx.load(str(tmp_path / "half.onnx"))
@@ -146,8 +147,6 @@ def inputs(tmp_path_factory):
 
 
 def _export(args: list) -> "object":
-    from pinrank.cli import main
-
     return CliRunner().invoke(main, ["export", *[str(a) for a in args]])
 
 
@@ -200,10 +199,6 @@ def test_cli_failing_required_gate_publishes_nothing(tmp_path, inputs, monkeypat
 
 
 def test_cli_instances_reach_every_profile_and_default_to_profile_settings(tmp_path, inputs):
-    from pinrank.export.cli import export
-    from pinrank.export.configs import ProfileSettings
-    from pinrank.repository.pbtxt import parse_pbtxt
-
     d = ProfileSettings()
     default = next(p.default for p in export.params if p.name == "instances")
     assert default == f"{d.preprocess_instances}:{d.ranker_instances}:{d.postprocess_instances}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,9 @@ from pinrank.backend.snapshot import UserSnapshot
 from pinrank.backend.vocab import ItemVocab
 from pinrank.export.configs import ProfileSettings
 from pinrank.export.parity import ParityError, edge_cases
-from pinrank.export.publish import write_repository
+from pinrank.export.publish import republish, write_repository
 from pinrank.export.torchscript import export_torchscript
+from pinrank.repository.layout import existing_pipeline
 from pinrank.repository.pbtxt import parse_pbtxt
 
 NUM_ITEMS = 50
@@ -56,7 +59,8 @@ class Drifting(nn.Module):
 @pytest.fixture()
 def artifacts():
     emb = np.eye(2, schema.USER_EMB_DIM, dtype=np.float32)
-    snap = UserSnapshot(np.array([1, 2]), emb, np.zeros(schema.USER_EMB_DIM, np.float32), {"as_of_ms": 0, "version": "x"})
+    snap = UserSnapshot(np.array([1, 2]), emb, np.zeros(schema.USER_EMB_DIM, np.float32),
+                        {"as_of_ms": 0, "version": "x"})
     return ItemVocab(np.arange(100, 100 + NUM_ITEMS)), snap
 
 
@@ -121,9 +125,6 @@ def test_failing_parity_gate_writes_nothing(tmp_path):
 
 def test_vendored_modules_import_without_the_installed_packages(tmp_path, artifacts):
     """The copy in _vendor/ is what NVIDIA's container will import: it must be complete."""
-    import subprocess
-    import sys
-
     ts, _ = export_torchscript(BagOfActions(), tmp_path / "ranker.pt", NUM_ITEMS)
     write_repository(tmp_path / "repo", "cpu", ts, *artifacts, settings=ProfileSettings(cpu_runtime="torchscript"))
     vendor = tmp_path / "repo" / schema.PREPROCESS_MODEL / "1" / "_vendor"
@@ -140,8 +141,6 @@ def test_vendored_modules_import_without_the_installed_packages(tmp_path, artifa
 
 
 def test_single_pipeline_publishes_one_model_and_refuses_mixing(tmp_path, artifacts):
-    from pinrank.repository.layout import existing_pipeline
-
     ts, _ = export_torchscript(BagOfActions(), tmp_path / "ranker.pt", NUM_ITEMS)
     single = ProfileSettings(cpu_runtime="torchscript", pipeline="single")
     repo = tmp_path / "single"
@@ -158,9 +157,6 @@ def test_single_pipeline_publishes_one_model_and_refuses_mixing(tmp_path, artifa
 
 
 def test_republish_switches_layout_from_the_shipped_artifacts(tmp_path, artifacts):
-    from pinrank.export.publish import republish
-    from pinrank.repository.layout import existing_pipeline
-
     ts, _ = export_torchscript(BagOfActions(), tmp_path / "ranker.pt", NUM_ITEMS)
     ens = tmp_path / "ens"
     write_repository(ens, "cpu", ts, *artifacts, manifest={"formats": ["torchscript"]},

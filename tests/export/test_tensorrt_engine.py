@@ -11,20 +11,24 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from testkit.export_inputs import (
-    make_export_inputs,  # tests/ is on sys.path via tests/conftest.py
-)
 
 from pinrank.backend import schema
+from pinrank.cli import main
 from pinrank.export import tensorrt_engine
 from pinrank.export.configs import ProfileSettings, profile_configs
-from pinrank.export.parity import ParityError, ParityReport, edge_cases
+from pinrank.export.onnx_format import export_onnx
+from pinrank.export.parity import ParityError, ParityReport, edge_cases, fp32_strict
 from pinrank.export.tensorrt_engine import (
     EngineExport,
+    onnx_is_half_precision,
     profile_shapes,
     tensorrt_available,
 )
+from pinrank.models.ranker import Ranker, RankerConfig, RankerServing
 from pinrank.repository.pbtxt import parse_pbtxt
+from testkit.export_inputs import (
+    make_export_inputs,  # tests/ is on sys.path via tests/conftest.py
+)
 
 
 def test_profile_shapes_come_from_the_schema():
@@ -44,7 +48,7 @@ def test_profile_shapes_come_from_the_schema():
 def test_availability_gives_a_reason_when_unusable():
     reason = tensorrt_available()
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt  # noqa: PLC0415, F401 - optional (gpu extra): whether it imports is what is tested
 
         has_trt = True
     except ImportError:
@@ -66,8 +70,6 @@ def test_build_engine_without_tensorrt_says_why(tmp_path):
 
 
 def test_fp32_strict_turns_tf32_off_and_restores_it():
-    from pinrank.export.parity import fp32_strict
-
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = True
     try:
@@ -102,8 +104,6 @@ def inputs(tmp_path_factory):
 
 
 def _export(args: list):  # type: ignore[no-untyped-def]
-    from pinrank.cli import main
-
     return CliRunner().invoke(main, ["export", *[str(a) for a in args]])
 
 
@@ -141,8 +141,6 @@ def _fake_engines(monkeypatch, fp16_diff: float = 3e-3) -> list[tuple[bool, obje
     calls = []
 
     def fake_export_engine(module, onnx_path, engine_path, num_items, *, fp16, tolerance, opt_candidates=500):
-        from pinrank.export.tensorrt_engine import onnx_is_half_precision
-
         assert onnx_is_half_precision(onnx_path) == fp16  # each engine gets the graph of its precision
         calls.append((fp16, tolerance))
         diff = fp16_diff if fp16 else 2e-6
@@ -215,9 +213,6 @@ def test_engine_builds_and_matches_eager_on_the_gpu(tmp_path, fp16):
     reason = tensorrt_available()
     if reason is not None:
         pytest.skip(reason)
-    from pinrank.export.onnx_format import export_onnx
-    from pinrank.models.ranker import Ranker, RankerConfig, RankerServing
-
     num_items = 40
     torch.manual_seed(0)
     emb = np.random.default_rng(0).normal(size=(num_items, schema.ITEM_EMB_DIM)).astype(np.float32)

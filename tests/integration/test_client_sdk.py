@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from testkit.export_inputs import (
-    make_export_inputs,  # tests/ is on sys.path via tests/conftest.py
-)
-from testkit.toy_data import START_MS
+
+from pinrank.backend.units import MS_PER_DAY
+from pinrank.cli import main
+from pinrank.serving.tritonserver import running_server
 from pinrank_client import (
     AccessDeniedError,
     AsyncRankingClient,
@@ -40,8 +40,10 @@ from pinrank_client import (
     cli,
     schema,
 )
-
-from pinrank.backend.units import MS_PER_DAY
+from testkit.export_inputs import (
+    make_export_inputs,  # tests/ is on sys.path via tests/conftest.py
+)
+from testkit.toy_data import START_MS
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -54,8 +56,6 @@ PROTOCOLS = ["grpc", "http"]
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pinrank.cli import main
-
     root = tmp_path_factory.mktemp("client_sdk")
     inputs = make_export_inputs(root / "inputs", num_items=ITEMS.size, num_users=USERS.size)
     args = ["export", *inputs.cli_args(), "--out", str(root / "repo"), "--target", "cpu",
@@ -67,8 +67,6 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repository: Path):
-    from pinrank.serving.tritonserver import running_server
-
     with running_server(repository, log_path=repository.parent.parent / "tritonserver.log") as srv:
         yield srv
 
@@ -286,7 +284,8 @@ def test_failover_and_round_robin(server, flavour, protocol):
     events: list[RetryEvent] = []
     request = make_request(10)
     kw = {"retries": 1, "cooldown_s": 60, "on_retry": events.append}
-    first, second = using(flavour, [dead, live], "rank_many", [request, request], client_kw={**kw, "max_concurrency": 1})
+    first, second = using(flavour, [dead, live], "rank_many", [request, request],
+                          client_kw={**kw, "max_concurrency": 1})
     assert (first.url, first.attempts, second.url, second.attempts) == (live, 2, live, 1)  # dead one skipped
     assert [(e.url, e.delay_s) for e in events] == [(dead, 0.0)]  # failover does not sleep
     # Two names for the one live server: calls alternate between them.
@@ -356,7 +355,8 @@ def test_cli_against_the_server(server, protocol, tmp_path):
     assert out["url"] == url and out["attempts"] == 1
     table = runner.invoke(cli.main, ["rank", "--url", url, "--user-id", "1000", "--candidates", "7,14,21",
                                      "--action", f"7:save:{REQ_TS - 1000}:home", "--request-ts-ms", str(REQ_TS)])
-    assert table.exit_code == 0 and table.stdout.splitlines()[-1].startswith(f"3 of 3 candidates ranked by pinrank v1 at {url}")
+    assert table.exit_code == 0
+    assert table.stdout.splitlines()[-1].startswith(f"3 of 3 candidates ranked by pinrank v1 at {url}")
     assert runner.invoke(cli.main, ["health", "--url", url]).exit_code == 0
     models = runner.invoke(cli.main, ["models", "--url", url], env={"PINRANK_ADMIN_KEY": server.admin_key})
     assert models.exit_code == 0 and f"contract: pinrank matches schema v{schema.SCHEMA_VERSION}" in models.stdout

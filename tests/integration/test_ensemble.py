@@ -9,8 +9,17 @@ import zlib
 import numpy as np
 import pytest
 import request_cases  # tests/ is on sys.path via tests/conftest.py
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from pinrank.backend import schema
+from pinrank.backend.preprocess import Preprocessor
+from pinrank.data.dataset import load_dataset
+from pinrank.export.inprocess import InProcessRanker
+from pinrank.models.ranker import load_serving_module
+from pinrank_client import RankingClient, RankRequest
+from pinrank_client._triton import build_inputs, read_outputs
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -20,18 +29,12 @@ REQ_TS = 1_769_990_400_000  # inside the synthetic eval period
 @pytest.fixture(scope="module")
 def reference(pipeline):
     """preprocess -> eager ranker -> postprocess on the exact artifacts the server loaded."""
-    from pinrank.backend.preprocess import Preprocessor
-    from pinrank.export.inprocess import InProcessRanker
-    from pinrank.models.ranker import load_serving_module
-
     versions = sorted((pipeline.repository / "cpu" / "preprocess").glob("[0-9]*"), key=lambda p: int(p.name))
     return InProcessRanker(Preprocessor.from_dir(versions[-1] / "artifacts"), load_serving_module(pipeline.ranker))
 
 
 @pytest.fixture(scope="module")
 def catalogue(pipeline):
-    from pinrank.data.dataset import load_dataset
-
     ds = load_dataset(pipeline.data)
     return ds
 
@@ -42,8 +45,6 @@ def make_request(ds, rng, **kw):
 
 def infer_raw(module, url, req):
     """Plain tritonclient (no SDK validation), so the server's own checks are what's tested."""
-    from pinrank_client._triton import build_inputs, read_outputs
-
     result = module.InferenceServerClient(url).infer(schema.ENSEMBLE_MODEL, build_inputs(module, req))
     return read_outputs(result)
 
@@ -54,9 +55,6 @@ CASES = request_cases.CASES
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_ensemble_matches_eager_pipeline(triton_server, reference, catalogue, protocol, case):
-    import tritonclient.grpc as grpcclient
-    import tritonclient.http as httpclient
-
     rng = np.random.default_rng(zlib.crc32(f"{case}/{protocol}".encode()))
     req = make_request(catalogue, rng, **CASES[case])
     module, url = (grpcclient, triton_server.grpc_url) if protocol == "grpc" else (httpclient, triton_server.http_url)
@@ -86,10 +84,6 @@ BAD = {
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_input_is_rejected_clearly_and_server_stays_up(triton_server, catalogue, protocol, case):
-    import tritonclient.grpc as grpcclient
-    import tritonclient.http as httpclient
-    from tritonclient.utils import InferenceServerException
-
     req = make_request(catalogue, np.random.default_rng(1))
     over, message = BAD[case]
     req.update(over)
@@ -104,8 +98,6 @@ def test_bad_input_is_rejected_clearly_and_server_stays_up(triton_server, catalo
 
 
 def test_sdk_ranks_through_the_server(triton_server, reference, catalogue):
-    from pinrank_client import RankingClient, RankRequest
-
     req = make_request(catalogue, np.random.default_rng(3), top_k=5)
     for url, protocol in ((triton_server.grpc_url, "grpc"), (triton_server.http_url, "http")):
         with RankingClient(url, protocol=protocol) as client:
@@ -121,8 +113,6 @@ def test_sdk_ranks_through_the_server(triton_server, reference, catalogue):
 
 
 def test_unknown_ids_are_counted_in_metrics(triton_server, catalogue):
-    import tritonclient.http as httpclient
-
     def counter(name):
         text = urllib.request.urlopen(f"http://127.0.0.1:{triton_server.ports.metrics}/metrics").read().decode()
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))

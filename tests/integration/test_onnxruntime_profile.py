@@ -14,13 +14,22 @@ import zlib
 import numpy as np
 import pytest
 import request_cases  # tests/ is on sys.path via tests/conftest.py
+import tritonclient.http as httpclient
 from click.testing import CliRunner
-from testkit.export_inputs import make_export_inputs
-from testkit.toy_data import START_MS
 from request_cases import make_request
+from tritonclient.utils import InferenceServerException
 
 from pinrank.backend import schema
+from pinrank.backend.preprocess import Preprocessor
 from pinrank.backend.units import MS_PER_DAY
+from pinrank.cli import main
+from pinrank.export.inprocess import InProcessRanker
+from pinrank.models.ranker import load_serving_module
+from pinrank.repository.pbtxt import parse_pbtxt
+from pinrank.serving.tritonserver import running_server
+from pinrank_client._triton import build_inputs, read_outputs
+from testkit.export_inputs import make_export_inputs
+from testkit.toy_data import START_MS
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -29,8 +38,6 @@ REQ_TS = START_MS + 50 * MS_PER_DAY  # inside the toy dataset's span
 
 @pytest.fixture(scope="module", params=["ensemble", "single"])
 def ort_profile(tmp_path_factory, request):
-    from pinrank.cli import main
-
     root = tmp_path_factory.mktemp(f"ort_profile_{request.param}")
     inputs = make_export_inputs(root / "inputs", num_items=300, num_users=60)
     args = ["export", *inputs.cli_args(), "--out", str(root / "repo"), "--target", "cpu",
@@ -42,8 +49,6 @@ def ort_profile(tmp_path_factory, request):
 
 @pytest.fixture(scope="module")
 def ort_server(ort_profile):
-    from pinrank.serving.tritonserver import running_server
-
     root, _ = ort_profile
     with running_server(root / "repo" / "cpu", log_path=root / "tritonserver.log") as server:
         yield server
@@ -52,10 +57,6 @@ def ort_server(ort_profile):
 @pytest.fixture(scope="module")
 def reference(ort_profile):
     """preprocess -> eager ranker -> postprocess on the artifacts the server loaded."""
-    from pinrank.backend.preprocess import Preprocessor
-    from pinrank.export.inprocess import InProcessRanker
-    from pinrank.models.ranker import load_serving_module
-
     root, inputs = ort_profile
     return InProcessRanker(Preprocessor.from_dir(_artifacts_model(root) / "1" / "artifacts"),
                            load_serving_module(inputs.ranker))
@@ -68,8 +69,6 @@ def _artifacts_model(root):
 
 
 def test_the_ranker_runs_onnxruntime(ort_profile):
-    from pinrank.repository.pbtxt import parse_pbtxt
-
     root, _ = ort_profile
     model = _artifacts_model(root)
     if model.name == schema.PREPROCESS_MODEL:
@@ -93,9 +92,6 @@ CASES = {k: v for k, v in request_cases.CASES.items() if k != "default_top_k"}
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_onnxruntime_ensemble_matches_eager(ort_server, reference, case):
-    import tritonclient.http as httpclient
-    from pinrank_client._triton import build_inputs, read_outputs
-
     req = _request(np.random.default_rng(zlib.crc32(case.encode())), reference.pre, **CASES[case])
     client = httpclient.InferenceServerClient(ort_server.http_url)
     served = read_outputs(client.infer(schema.ENSEMBLE_MODEL, build_inputs(httpclient, req)))
@@ -104,10 +100,6 @@ def test_onnxruntime_ensemble_matches_eager(ort_server, reference, case):
 
 
 def test_bad_request_gets_a_clear_error_and_the_server_stays_ready(ort_server, reference):
-    import tritonclient.http as httpclient
-    from pinrank_client._triton import build_inputs
-    from tritonclient.utils import InferenceServerException
-
     req = _request(np.random.default_rng(1), reference.pre)
     req["action_types"] = req["action_types"][:-1]  # lengths disagree
     client = httpclient.InferenceServerClient(ort_server.http_url)

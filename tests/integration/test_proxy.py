@@ -21,17 +21,23 @@ import json
 import socket
 import time
 
+import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 from click.testing import CliRunner
-from testkit.export_inputs import (
-    make_export_inputs,
-)
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
 
 from pinrank.backend import schema
+from pinrank.cli import main
 from pinrank.serving import proxy
 from pinrank.serving.proxy_process import NginxProxy, nginx_binary
 from pinrank.serving.tritonserver import free_ports, running_server
+from pinrank_client import RankingClient, admin_headers
+from testkit.export_inputs import (
+    make_export_inputs,
+)
 
 pytestmark = pytest.mark.triton
 
@@ -47,8 +53,6 @@ KILLING_DEPTH = 38_000
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from pinrank.cli import main
-
     root = tmp_path_factory.mktemp("proxy")
     inputs = make_export_inputs(root / "inputs", num_items=ITEMS.size, num_users=60)
     result = CliRunner().invoke(main, ["export", *inputs.cli_args(), "--out", str(root / "repo"), "--target", "cpu",
@@ -95,8 +99,6 @@ def _error(body: bytes) -> str:
 
 
 def _rank(url: str):
-    from pinrank_client import RankingClient
-
     with RankingClient(url, timeout_s=10, retries=0) as client:
         return client.rank(1, ITEMS[:20].tolist(), top_k=5)
 
@@ -127,8 +129,6 @@ def test_sdk_ranks_through_the_proxy_as_directly(server, front, protocol):
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_health_and_contract_through_the_proxy(front, protocol):
-    from pinrank_client import RankingClient
-
     port = front.http_port if protocol == "http" else front.grpc_port
     with RankingClient(f"{protocol}://127.0.0.1:{port}", timeout_s=10, retries=0) as client:
         health = client.health()
@@ -169,8 +169,6 @@ def test_metrics_port_serves_only_metrics(front):
     ("GET", "/", 404),
 ])
 def test_everything_else_is_refused_even_with_the_key(server, front, method, path, status):
-    from pinrank_client import admin_headers
-
     before = _inferences(server)
     got, body = _request(front.http_port, method, path, b"{}" if method == "POST" else None,
                          admin_headers(server.admin_key))
@@ -180,10 +178,6 @@ def test_everything_else_is_refused_even_with_the_key(server, front, method, pat
 
 
 def test_grpc_admin_methods_are_refused_even_with_the_key(server, front):
-    import grpc
-    from pinrank_client import admin_headers
-    from tritonclient.grpc import service_pb2, service_pb2_grpc
-
     with grpc.insecure_channel(f"127.0.0.1:{front.grpc_port}") as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         metadata = list(admin_headers(server.admin_key).items())
@@ -205,8 +199,6 @@ def test_grpc_step_models_are_not_filtered_by_the_proxy(front):
     """The documented gap: gRPC names the model inside the message, which
     nginx does not parse. The call reaches Triton; the step model's own input
     checks are what answer it."""
-    import tritonclient.grpc as grpcclient
-
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{front.grpc_port}")
     try:
         assert client.get_model_metadata(schema.RANKER_MODEL).name == schema.RANKER_MODEL
@@ -236,9 +228,6 @@ def test_oversized_body_is_refused_before_triton(server, front):
 
 
 def test_oversized_grpc_message_is_refused(server, front):
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException
-
     before = _inferences(server)
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{front.grpc_port}")
     try:
@@ -262,9 +251,6 @@ def test_compressed_body_is_refused(server, front, encoding):
 
 
 def test_compressed_grpc_message_is_refused(front):
-    import grpc
-    from tritonclient.grpc import service_pb2, service_pb2_grpc
-
     with grpc.insecure_channel(f"127.0.0.1:{front.grpc_port}") as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as caught:

@@ -24,9 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import tritonclient.http as httpclient
 
 from pinrank.serving.health import find_server_pid, is_running, stub_processes
+from pinrank.serving.model_control import pinned_config_json
 from pinrank.serving.tritonserver import free_ports
+from pinrank_client import RankingClient
 from reliability import hostile
 from reliability.faults import process_tree_rss_mb
 
@@ -120,8 +123,6 @@ class Load:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from pinrank_client import RankingClient
-
         # 20 retries capped at 0.5 s wait at least 4.6 s in all (equal jitter),
         # far past a restart even on a loaded CI box; the SDK's defaults
         # (1.2-2.4 s) cover a restart here, with less margin.
@@ -145,8 +146,6 @@ class Load:
 
 
 def _rank_once(served: Served) -> None:
-    from pinrank_client import RankingClient
-
     with RankingClient(f"127.0.0.1:{served.grpc}", protocol="grpc", retries=0) as client:
         assert len(client.rank(**REQUEST).items) == 2
 
@@ -307,10 +306,6 @@ def test_twenty_stub_crashes_leak_no_process_and_bounded_memory(pipeline, served
 def test_reloads_by_the_admin_are_not_taken_for_dead_stubs(pipeline, served_explicit):
     # An admin load replaces every stub of a model; the watchdog must follow,
     # not "repair" it (a spurious reload each time, then a recycle).
-    import tritonclient.http as httpclient
-
-    from pinrank.serving.model_control import pinned_config_json
-
     served = served_explicit
     repository = (pipeline.repository / "cpu").resolve()
     headers = {"pinrank-admin-key": "supervision-test-key-0123456789"}

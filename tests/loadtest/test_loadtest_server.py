@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from bench import main as bench
 from click.testing import CliRunner
+from run_loadtest import main as run_loadtest
+
+from pinrank.cli import main as pinrank
 from testkit.export_inputs import (
     make_export_inputs,  # tests/ is on sys.path via tests/conftest.py
 )
@@ -14,10 +18,6 @@ pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 
 def test_runner_starts_a_server_and_reports(tmp_path):
-    from run_loadtest import main as run_loadtest
-
-    from pinrank.cli import main as pinrank
-
     inputs = make_export_inputs(tmp_path / "inputs", num_items=300, num_users=60)
     exported = CliRunner().invoke(pinrank, ["export", *inputs.cli_args(), "--out", str(tmp_path / "repo"),
                                             "--target", "cpu", "--results", str(tmp_path / "export.json")])
@@ -37,10 +37,6 @@ def test_runner_starts_a_server_and_reports(tmp_path):
 
 
 def test_bench_compares_both_layouts_and_writes_the_headline_keys(tmp_path):
-    from bench import main as bench
-
-    from pinrank.cli import main as pinrank
-
     inputs = make_export_inputs(tmp_path / "inputs", num_items=300, num_users=60)
     exported = CliRunner().invoke(pinrank, ["export", *inputs.cli_args(), "--out", str(tmp_path / "repo"),
                                             "--target", "cpu", "--results", str(tmp_path / "export.json")])

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from pinrank_client import schema
 from request_pool import RequestPool, build_pool, candidate_counts
+
+from pinrank_client import schema
 
 T0 = 1_767_000_000_000
 

@@ -10,15 +10,22 @@ from pathlib import Path
 import click
 import numpy as np
 import pytest
+from request_pool import build_pool
 from run_loadtest import (
     LevelStats,
     best_level,
+    parse_instances,
     parse_users,
     plot,
     read_locust_stats,
     slo_violations,
     summary,
+    with_instances,
 )
+
+from pinrank.backend import schema
+from pinrank.export.configs import profile_configs
+from pinrank.repository.pbtxt import parse_pbtxt, to_pbtxt
 
 # The header locust 2.x writes in <prefix>_stats.csv.
 HEADER = ["Type", "Name", "Request Count", "Failure Count", "Median Response Time", "Average Response Time",
@@ -84,8 +91,6 @@ def test_parse_users():
 
 
 def test_summary_and_chart(tmp_path):
-    from request_pool import build_pool
-
     rng = np.random.default_rng(0)
     actions = {"user_id": rng.integers(0, 5, 200), "item_id": rng.integers(0, 50, 200),
                "action": rng.integers(1, 3, 200), "surface": rng.integers(0, 2, 200),
@@ -101,12 +106,6 @@ def test_summary_and_chart(tmp_path):
 
 
 def test_instances_option_and_repository_copy(tmp_path):
-    from run_loadtest import parse_instances, with_instances
-
-    from pinrank.backend import schema
-    from pinrank.export.configs import profile_configs
-    from pinrank.repository.pbtxt import parse_pbtxt, to_pbtxt
-
     assert parse_instances(None, None, "1:2:1,2:2:1") == [(1, 2, 1), (2, 2, 1)]  # type: ignore[arg-type]
     assert parse_instances(None, None, None) == []  # type: ignore[arg-type]
     for bad in ("1:2", "0:1:1", "a:b:c"):

@@ -7,7 +7,6 @@ import io
 import numpy as np
 import pytest
 import torch
-from testkit.toy_data import make_toy_dataset
 
 from pinrank.backend import schema
 from pinrank.backend.units import MS_PER_HOUR
@@ -25,6 +24,7 @@ from pinrank.models.pinnerformer import (
     UserTimelines,
     to_tensors,
 )
+from testkit.toy_data import make_toy_dataset
 
 T0 = 1_767_571_200_000
 

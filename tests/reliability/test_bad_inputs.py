@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from reliability.bad_inputs import SURFACES, Case, Outcome, cases, run_matrix
+from pinrank.serving.tritonserver import running_server
+from reliability.bad_inputs import SURFACES, Case, Fixtures, Outcome, cases, run_matrix
 
 
 def test_the_matrix_covers_every_surface_with_at_least_40_cases():
@@ -38,9 +39,6 @@ def test_judging():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    from pinrank.serving.tritonserver import running_server
-    from reliability.bad_inputs import Fixtures
-
     root = tmp_path_factory.mktemp("bad_inputs")
     repository = Fixtures(root / "fixtures").repository
     with running_server(repository, log_path=root / "tritonserver.log") as srv:

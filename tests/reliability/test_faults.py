@@ -8,8 +8,12 @@ import json
 import numpy as np
 import pytest
 
+from pinrank.backend import schema
+from pinrank.export.configs import ProfileSettings, ranker_config
+from pinrank.repository.pbtxt import to_pbtxt
 from pinrank.serving.model_control import pinned_config_json
 from reliability import faults, hostile_phase
+from reliability.run import run, verdict
 
 
 def test_count_and_failures_by_window():
@@ -30,14 +34,11 @@ def test_rss_growth_ignores_warmup_and_needs_samples():
 
 
 def test_pinned_config_keeps_the_model_and_pins_one_version(tmp_path):
-    from pinrank.backend import schema
-    from pinrank.export.configs import ProfileSettings, ranker_config
-    from pinrank.repository.pbtxt import to_pbtxt
-
     (tmp_path / schema.RANKER_MODEL).mkdir()
     (tmp_path / schema.RANKER_MODEL / "config.pbtxt").write_text(to_pbtxt(ranker_config("cpu", ProfileSettings())))
     cfg = json.loads(pinned_config_json(tmp_path, schema.RANKER_MODEL, 3))
-    assert cfg["name"] == schema.RANKER_MODEL and cfg["version_policy"] == {"specific": {"versions": ["3"]}}  # int64 is a JSON string
+    assert cfg["name"] == schema.RANKER_MODEL
+    assert cfg["version_policy"] == {"specific": {"versions": ["3"]}}  # int64 is a JSON string
     assert [i["name"] for i in cfg["input"]] == [s.name for s in schema.RANKER_INPUTS]
 
 
@@ -62,8 +63,6 @@ def test_classifier_labels_by_reference_scores():
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_make_reliability_end_to_end(tmp_path):
-    from reliability.run import run, verdict
-
     report = run(tmp_path / "work", tmp_path / "reliability.json", soak_minutes=0.2, users=2, phase_s=1.5, reloads=5)
     assert json.loads((tmp_path / "reliability.json").read_text())["bad_inputs_total"] == report["bad_inputs_total"]
     assert report["bad_inputs_total"] >= 40

@@ -21,13 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from pinrank_client.validation import InvalidRequestError
 
 from pinrank.backend import schema
 from pinrank.backend.preprocess import Preprocessor, unique_in_order
 from pinrank.backend.snapshot import UserSnapshot
 from pinrank.backend.units import MS_PER_HOUR
 from pinrank.backend.vocab import ItemVocab
+from pinrank_client.validation import InvalidRequestError
 
 SCALE = int(os.environ.get("PINRANK_FUZZ_EXAMPLES", "0")) or None
 REQ_TS = 1_767_225_600_000

@@ -3,6 +3,7 @@ Triton's restricted APIs, weights-only checkpoints, manifest checksums."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -11,9 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pinrank_client import ADMIN_HEADER, AccessDeniedError, admin_headers
-from pinrank_client.errors import map_exception
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from click.testing import CliRunner
+from tritonclient.utils import InferenceServerException
 
+from pinrank.cli import main
 from pinrank.models.checkpoints import load_checkpoint, save_checkpoint
 from pinrank.repository.integrity import (
     IntegrityError,
@@ -27,7 +31,13 @@ from pinrank.serving.tritonserver import (
     TritonServer,
     is_loopback,
     resolve_admin_key,
+    running_server,
     write_admin_key_file,
+)
+from pinrank_client import ADMIN_HEADER, AccessDeniedError, RankingClient, admin_headers
+from pinrank_client.errors import map_exception
+from testkit.export_inputs import (
+    make_export_inputs,  # tests/ is on sys.path via tests/conftest.py
 )
 
 KEY = "0123456789abcdef0123456789abcdef"
@@ -109,8 +119,6 @@ def test_loopback_detection():
 
 
 def test_restricted_answers_map_to_access_denied_and_are_not_retryable():
-    from tritonclient.utils import InferenceServerException
-
     grpc = InferenceServerException(
         msg="This protocol is restricted, expecting header 'triton-grpc-protocol-pinrank-admin-key'",
         status="StatusCode.UNAVAILABLE")
@@ -124,14 +132,6 @@ def test_restricted_answers_map_to_access_denied_and_are_not_retryable():
 
 @pytest.fixture(scope="module")
 def explicit_server(tmp_path_factory: pytest.TempPathFactory):
-    from click.testing import CliRunner
-    from testkit.export_inputs import (
-        make_export_inputs,  # tests/ is on sys.path via tests/conftest.py
-    )
-
-    from pinrank.cli import main
-    from pinrank.serving.tritonserver import running_server
-
     root = tmp_path_factory.mktemp("security")
     inputs = make_export_inputs(root / "inputs", num_items=120, num_users=40)
     result = CliRunner().invoke(main, ["export", *inputs.cli_args(), "--out", str(root / "repo"), "--target", "cpu",
@@ -144,16 +144,10 @@ def explicit_server(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.triton
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_model_control_needs_the_admin_key(explicit_server, protocol):
-    from tritonclient.utils import InferenceServerException
-
     if protocol == "grpc":
-        import tritonclient.grpc as io
-
-        client = io.InferenceServerClient(explicit_server.grpc_url)
+        client = grpcclient.InferenceServerClient(explicit_server.grpc_url)
     else:
-        import tritonclient.http as io
-
-        client = io.InferenceServerClient(explicit_server.http_url)
+        client = httpclient.InferenceServerClient(explicit_server.http_url)
     model = "postprocess"
     refused = [
         lambda h: client.get_model_repository_index(headers=h),
@@ -184,8 +178,6 @@ def test_model_control_needs_the_admin_key(explicit_server, protocol):
 
 @pytest.mark.triton
 def test_the_sdk_lists_models_with_the_key_only(explicit_server):
-    from pinrank_client import RankingClient
-
     for url in (f"grpc://{explicit_server.grpc_url}", f"http://{explicit_server.http_url}"):
         with RankingClient(url, retries=2) as client:
             with pytest.raises(AccessDeniedError, match="restricted"):
@@ -250,8 +242,6 @@ def test_checkpoints_written_with_numpy_pickles_still_load(tmp_path):
 
 
 def make_version(root: Path, files: dict[str, bytes], sums: dict[str, str] | None = None) -> Path:
-    import hashlib
-
     version = root / "ranker" / "1"
     version.mkdir(parents=True)
     for name, data in files.items():

@@ -13,7 +13,10 @@ from click.testing import CliRunner
 from pinrank.cli import main
 from pinrank.serving.proxy_process import nginx_binary
 from pinrank.serving.tritonserver import free_ports
+from pinrank_client import RankingClient
 from reliability import hostile
+from reliability.bad_inputs import REQ_TS, Fixtures
+from reliability.hostile_phase import ServeProcess
 
 
 def test_a_host_beyond_loopback_needs_a_proxy_decision(tmp_path):
@@ -41,11 +44,6 @@ def _status(port: int, path: str, body: bytes | None = None) -> int:
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed (apt-get install nginx-light)")
 def test_serve_with_the_proxy_ranks_through_it_and_refuses_what_crashes_triton(tmp_path):
-    from pinrank_client import RankingClient
-
-    from reliability.bad_inputs import REQ_TS, Fixtures
-    from reliability.hostile_phase import ServeProcess
-
     repo = Fixtures(tmp_path / "fixtures").repository
     http, grpc, metrics = free_ports(3)
     serve = ServeProcess(repo, tmp_path / "serve", model_control="none", extra_args=(

@@ -14,9 +14,13 @@ import urllib.request
 
 import numpy as np
 import pytest
+from tritonclient.utils import InferenceServerException
 
 from pinrank.backend import schema
+from pinrank.backend.ranker_runtime import manifest_num_items
 from pinrank.backend.step_inputs import MAX_ABS_USER_EMB, MAX_AGE_H
+from pinrank.serving.tritonserver import running_server
+from reliability.bad_inputs import Fixtures
 from reliability.step_models import (
     bad_postprocess_inputs,
     bad_ranker_feeds,
@@ -30,10 +34,6 @@ pytestmark = [pytest.mark.triton, pytest.mark.timeout(300)]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    from pinrank.backend.ranker_runtime import manifest_num_items
-    from pinrank.serving.tritonserver import running_server
-    from reliability.bad_inputs import Fixtures
-
     root = tmp_path_factory.mktemp("step_models")
     repository = Fixtures(root / "fixtures").repository
     num_items = manifest_num_items(repository / schema.RANKER_MODEL / "1")
@@ -47,8 +47,6 @@ def _infer(url: str, model: str, arrays: dict[str, np.ndarray]) -> dict[str, np.
 
 def _refused(url: str, model: str, arrays: dict[str, np.ndarray]) -> str:
     """The error message of a request that must get a 400."""
-    from tritonclient.utils import InferenceServerException
-
     with pytest.raises(InferenceServerException) as info:
         _infer(url, model, arrays)
     assert str(info.value.status()) == "400", info.value

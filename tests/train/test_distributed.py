@@ -17,8 +17,11 @@ import torch
 
 from pinrank.data.dataset import save_dataset
 from pinrank.models.checkpoints import load_checkpoint
+from pinrank.models.pinnerformer import load_pinnerformer
+from pinrank.models.ranker import load_ranker, load_serving_module
 from pinrank.train import distributed as dist_mod
 from pinrank.train.distributed import SINGLE, even_bounds, weighted_bounds
+from pinrank.train.pinnerformer import train_pinnerformer
 from pinrank.train.pinnerformer_loss import NEGATIVES, DenseAllActionLoss
 from pinrank.train.ranker import weighted_bce
 
@@ -185,10 +188,6 @@ def test_ranker_two_ranks_match_single_process(two_ranks, requests):
 
 @pytest.mark.slow
 def test_two_rank_training_follows_the_single_process_run_and_resumes_alone(two_ranks, tmp_path):
-    from pinrank.models.pinnerformer import load_pinnerformer
-    from pinrank.models.ranker import load_ranker
-    from pinrank.train.pinnerformer import train_pinnerformer
-
     worker.train_both(tmp_path)
     for name in ("pinnerformer", "ranker"):
         a, b = load_checkpoint(tmp_path / f"{name}.pt", name), load_checkpoint(two_ranks / f"{name}.pt", name)
@@ -218,9 +217,6 @@ def test_two_rank_training_follows_the_single_process_run_and_resumes_alone(two_
 
 @pytest.mark.slow
 def test_torchrun_cli_trains_both_models(tmp_path):
-    from pinrank.models.pinnerformer import load_pinnerformer
-    from pinrank.models.ranker import load_serving_module
-
     data = save_dataset(worker.dataset(), tmp_path / "data")
     pf, ranker = tmp_path / "pf.pt", tmp_path / "ranker.pt"
     out = torchrun(["-m", "pinrank.cli", "train", "pinnerformer", "--data", str(data), "--out", str(pf),

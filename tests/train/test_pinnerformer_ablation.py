@@ -10,21 +10,23 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from testkit.toy_data import (
-    make_toy_dataset,
-)
 
 from pinrank.backend import schema
 from pinrank.backend.units import MS_PER_DAY
-from pinrank.data.dataset import Dataset, save_dataset
+from pinrank.cli import main
+from pinrank.data.dataset import Dataset, load_dataset, save_dataset
+from pinrank.data.synthetic import SyntheticConfig, config_from_meta, generate
 from pinrank.models.checkpoints import load_checkpoint
 from pinrank.models.pinnerformer import PinnerFormer, PinnerFormerConfig, UserTimelines
 from pinrank.train.pinnerformer import (
     PinnerFormerTrainConfig,
+    evaluate_recall,
     make_sampler,
     train_pinnerformer,
     train_step,
 )
+from pinrank.train.pinnerformer_ablation import VARIANTS
+from pinrank.train.pinnerformer_ablation import main as ablation_main
 from pinrank.train.pinnerformer_eval import (
     INFERENCE_MODES,
     eval_events,
@@ -32,6 +34,7 @@ from pinrank.train.pinnerformer_eval import (
     evaluate_pinnerformer,
     history_mean_embeddings,
     interest_entropy,
+    interest_oracle_top_k,
     live_cut_ms,
     p90_coverage,
     popularity_top_k,
@@ -43,6 +46,9 @@ from pinrank.train.pinnerformer_loss import (
     OBJECTIVES,
     DenseAllActionLoss,
     DenseAllActionSampler,
+)
+from testkit.toy_data import (
+    make_toy_dataset,
 )
 
 SMALL_MODEL = PinnerFormerConfig(num_layers=1, hidden=32, heads=2, max_len=32, item_hidden=64)
@@ -205,8 +211,6 @@ def test_each_negatives_variant_trains_and_is_checkpointed(negatives, logq, toy,
 
 
 def test_cli_ablation_options(tmp_path, toy):
-    from pinrank.cli import main
-
     data = save_dataset(toy, tmp_path / "data")
     out = tmp_path / "pf.pt"
     res = CliRunner().invoke(main, ["train", "pinnerformer", "--data", str(data), "--out", str(out), "--steps", "1",
@@ -222,8 +226,6 @@ def test_cli_ablation_options(tmp_path, toy):
 
 @pytest.mark.slow
 def test_cli_paper_size_trains_the_papers_tower(tmp_path, toy):
-    from pinrank.cli import main
-
     data = save_dataset(toy, tmp_path / "data")
     out = tmp_path / "paper.pt"
     res = CliRunner().invoke(main, ["train", "pinnerformer", "--data", str(data), "--out", str(out), "--steps", "1",
@@ -295,8 +297,6 @@ def test_evaluate_pinnerformer_returns_all_metrics(toy):
     # Popularity retrieves the same 10 items for everyone: 90% of appearances need 9 of them.
     assert res["popularity"]["p90_coverage"] == pytest.approx(9 / toy.num_items)
     # Recall is reused from evaluate_recall: same users, same popularity baseline.
-    from pinrank.train.pinnerformer import evaluate_recall
-
     ref = evaluate_recall(model, toy, k=10)
     assert res["eval_users"] == ref["eval_users"]
     assert res["pinnerformer"]["recall"] == pytest.approx(ref["recall"])
@@ -304,10 +304,6 @@ def test_evaluate_pinnerformer_returns_all_metrics(toy):
 
 
 def test_interest_oracle_only_on_synthetic_data_and_beats_popularity(tmp_path, toy):
-    from pinrank.data.dataset import load_dataset
-    from pinrank.data.synthetic import SyntheticConfig, config_from_meta, generate
-    from pinrank.train.pinnerformer_eval import interest_oracle_top_k
-
     assert config_from_meta(toy.meta) is None and interest_oracle_top_k(toy, toy.item_ids[:3], 5) is None
     cfg = SyntheticConfig(users=300, items=600, topics=10, days=12, eval_days=3, seed=4)
     ds = load_dataset(generate(cfg, tmp_path / "synth", progress=False))
@@ -352,12 +348,10 @@ def test_inference_once_is_plain_recall_and_modes_differ(toy):
 
 
 def test_ablation_runner_writes_one_row_per_variant(toy, tmp_path):
-    from pinrank.train.pinnerformer_ablation import VARIANTS, main
-
     data = save_dataset(toy, tmp_path / "data")
     out = tmp_path / "pinnerformer.json"
-    result = CliRunner().invoke(main, ["--data", str(data), "--out", str(out), "--work", str(tmp_path / "w"),
-                                       "--steps", "2", "--threads", "1"])
+    result = CliRunner().invoke(ablation_main, ["--data", str(data), "--out", str(out),
+                                                "--work", str(tmp_path / "w"), "--steps", "2", "--threads", "1"])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert [(r["objective"], r["negatives"], r["logq"]) for r in report["variants"]] == list(VARIANTS)
@@ -373,16 +367,14 @@ def test_ablation_runner_writes_one_row_per_variant(toy, tmp_path):
 
 
 def test_ablation_runner_runs_a_chosen_subset(toy, tmp_path):
-    from pinrank.train.pinnerformer_ablation import main
-
     data = save_dataset(toy, tmp_path / "data")
     out = tmp_path / "pf.json"
-    result = CliRunner().invoke(main, ["--data", str(data), "--out", str(out), "--work", str(tmp_path / "w"),
-                                       "--steps", "2", "--threads", "1", "--variants", "next_action-mixed",
-                                       "--eval-window-days", "30"])
+    result = CliRunner().invoke(ablation_main, ["--data", str(data), "--out", str(out),
+                                                "--work", str(tmp_path / "w"), "--steps", "2", "--threads", "1",
+                                                "--variants", "next_action-mixed", "--eval-window-days", "30"])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert [r["objective"] for r in report["variants"]] == ["next_action"]
     assert report["eval_window_days"] == 30.0 and set(report["inference"]) == {"next_action"}
-    bad = CliRunner().invoke(main, ["--data", str(data), "--variants", "nope"])
+    bad = CliRunner().invoke(ablation_main, ["--data", str(data), "--variants", "nope"])
     assert bad.exit_code == 2 and "nope" in bad.output

@@ -8,13 +8,10 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from testkit.toy_data import (
-    START_MS,
-    make_toy_dataset,
-)
 
 from pinrank.backend import schema
 from pinrank.backend.units import MS_PER_DAY
+from pinrank.cli import main
 from pinrank.data.dataset import Dataset, save_dataset
 from pinrank.models.checkpoints import load_checkpoint, save_checkpoint
 from pinrank.models.pinnerformer import (
@@ -36,6 +33,10 @@ from pinrank.train.pinnerformer_loss import (
     CountMinSketch,
     DenseAllActionLoss,
     DenseAllActionSampler,
+)
+from testkit.toy_data import (
+    START_MS,
+    make_toy_dataset,
 )
 
 SMALL_MODEL = PinnerFormerConfig(num_layers=1, hidden=32, heads=2, max_len=32, item_hidden=64)
@@ -175,8 +176,6 @@ def test_checkpoint_holds_everything_to_rebuild(tmp_path, toy):
 
 
 def test_item_id_table_follows_its_own_learning_rate(tmp_path, toy):
-    from dataclasses import replace
-
     frozen, moving = tmp_path / "frozen.pt", tmp_path / "moving.pt"
     train_pinnerformer(toy, frozen, replace(FAST, item_id_lr_mult=0.0), SMALL_MODEL, progress=False, evaluate=False)
     train_pinnerformer(toy, moving, FAST, SMALL_MODEL, progress=False, evaluate=False)
@@ -225,8 +224,6 @@ def test_sampler_requires_labels():
 
 
 def test_cli_train_and_errors(tmp_path, toy):
-    from pinrank.cli import main
-
     data = save_dataset(toy, tmp_path / "data")
     out = tmp_path / "pf.pt"
     runner = CliRunner()
@@ -321,8 +318,6 @@ def test_last_window_end_trains_each_users_most_recent_actions(toy):
 
 
 def test_cli_recipe_sets_defaults_and_typed_options_win(tmp_path, toy):
-    from pinrank.cli import main
-
     data = save_dataset(toy, tmp_path / "data")
     runner = CliRunner()
     args = ["train", "pinnerformer", "--data", str(data), "--steps", "2", "--layers", "1", "--hidden", "32",

@@ -12,12 +12,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import pinrank.embed.batch
+import pinrank.train.cli_ranker
+import pinrank.train.pinnerformer as pf_train  # a module: a test patches make_sampler on it
 from pinrank.backend import schema
 from pinrank.backend.featurize import context_features, featurize_history
 from pinrank.backend.snapshot import UserSnapshot
 from pinrank.backend.units import MS_PER_DAY, MS_PER_HOUR
 from pinrank.backend.vocab import ItemVocab
 from pinrank.data.dataset import Dataset, save_dataset
+from pinrank.data.importers import build_movielens
 from pinrank.models.checkpoints import load_checkpoint
 from pinrank.models.pinnerformer import PinnerFormerConfig
 from pinrank.models.ranker import RankerConfig, load_serving_module
@@ -29,6 +33,7 @@ from pinrank.train.pinnerformer import (
 )
 from pinrank.train.ranker import (
     TrainConfig,
+    _batch_for_step,
     evaluate,
     hit_at_k,
     label_weight_matrix,
@@ -107,7 +112,8 @@ def structured_dataset(users: int = 60, requests_per_user: int = 8, days: int = 
     actions["duration_ms"] = np.full(order.size, -1, dtype=np.int64)
     impressions = {k: np.asarray(v, dtype=np.int64) for k, v in imps.items() if k != "labels"}
     impressions["labels"] = np.asarray(imps["labels"], dtype=np.int8)
-    meta = {"source": "test", "start_ms": T0, "end_ms": T0 + days * MS_PER_DAY, "train_end_ms": T0 + int(0.75 * days) * MS_PER_DAY}
+    meta = {"source": "test", "start_ms": T0, "end_ms": T0 + days * MS_PER_DAY,
+            "train_end_ms": T0 + int(0.75 * days) * MS_PER_DAY}
     return Dataset(actions, item_ids, topic.astype(np.int32), item_emb, meta, impressions)
 
 
@@ -133,7 +139,8 @@ def ds() -> Dataset:
 
 
 def test_featurization_equals_serving_featurize(ds: Dataset):
-    snaps = [random_snapshot(np.arange(0, 60, 2), T0 + 2 * MS_PER_DAY, 1), random_snapshot(np.arange(30), T0 + 5 * MS_PER_DAY, 2)]
+    snaps = [random_snapshot(np.arange(0, 60, 2), T0 + 2 * MS_PER_DAY, 1),
+             random_snapshot(np.arange(30), T0 + 5 * MS_PER_DAY, 2)]
     data = build_ranker_data(ds, snaps)
     vocab = ItemVocab(ds.item_ids)
     a = ds.actions
@@ -158,7 +165,8 @@ def test_featurization_equals_serving_featurize(ds: Dataset):
         np.testing.assert_array_equal(data.context[r], context_features(int(ts), rows.size, bool(data.user_known[r])))
         imp = np.flatnonzero(ds.impressions["request_id"] == data.request_id[r])
         got = slice(data.offsets[r], data.offsets[r + 1])
-        np.testing.assert_array_equal(np.sort(data.cand_idx[got]), np.sort(vocab.lookup(ds.impressions["item_id"][imp])))
+        np.testing.assert_array_equal(np.sort(data.cand_idx[got]),
+                                      np.sort(vocab.lookup(ds.impressions["item_id"][imp])))
     assert data.user_known.any() and not data.user_known.all()
 
 
@@ -309,9 +317,6 @@ def test_cli_snapshots_dir_and_errors(ds: Dataset, tmp_path):
 
 def test_cli_builds_daily_snapshots_from_pinnerformer(ds: Dataset, tmp_path, monkeypatch):
     # Patched where the CLI looks them up at call time, so a stub checkpoint file will do.
-    import pinrank.embed.batch
-    import pinrank.train.cli_ranker
-
     calls = []
 
     def fake_build(source, dataset, start_ms, end_ms):
@@ -338,8 +343,6 @@ def test_cli_builds_daily_snapshots_from_pinnerformer(ds: Dataset, tmp_path, mon
 
 
 def test_step_schedule_walks_epochs_of_different_lengths():
-    from pinrank.train.ranker import _batch_for_step
-
     counts = np.random.default_rng(1).integers(1, 30, size=97)
     cfg = TrainConfig(batch_size=64)
     cache: dict = {}
@@ -391,12 +394,11 @@ def test_ranker_periods_train_from_the_cut_and_evaluate_as_before(ds: Dataset):
     np.testing.assert_array_equal(ev.request_id, full.split(ds.train_end_ms)[1].request_id)
     np.testing.assert_array_equal(np.diff(train.offsets), np.bincount(train.req_index))
     with pytest.raises(ValueError, match="no ranker training requests from 2026-01-11"):
-        ranker_periods(full.select(np.flatnonzero(full.ts_ms < T0 + 6 * MS_PER_DAY)), ds.train_end_ms, T0 + 6 * MS_PER_DAY, None)
+        ranker_periods(full.select(np.flatnonzero(full.ts_ms < T0 + 6 * MS_PER_DAY)), ds.train_end_ms,
+                       T0 + 6 * MS_PER_DAY, None)
 
 
 def test_pinnerformer_checkpoint_records_its_cut(ds: Dataset, tmp_path, monkeypatch):
-    import pinrank.train.pinnerformer as pf_train  # patched below to see what the trainer samples from
-
     seen = []
     real = pf_train.make_sampler
     monkeypatch.setattr(pf_train, "make_sampler", lambda d, m, c: seen.append(d.train_end_ms) or real(d, m, c))
@@ -448,9 +450,6 @@ def test_cut_on_real_movielens_leaves_both_models_data():
     path = SHARED_DATA / "ml-latest-small"
     if not path.exists():
         pytest.skip(f"{path} not available")
-    # Imported here: a real-data import only when the data is there.
-    from pinrank.data.importers import build_movielens
-
     ml = build_movielens(path)
     cut = resolve_cut("0.5", ml)
     ts = ml.actions["ts_ms"][ml.actions["ts_ms"] < ml.train_end_ms]

@@ -42,7 +42,7 @@ def grpc_channel_args(backoff_s: float, max_backoff_s: float) -> list[tuple[str,
     one would break slow TLS handshakes.) Passing channel_args replaces all
     of tritonclient's defaults, so those are repeated here.
     """
-    from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
+    from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions  # noqa: PLC0415 - the grpc stack loads only for gRPC clients (HTTP users never pay for it)
 
     keepalive = KeepAliveOptions()
     initial_ms = max(50, int(backoff_s * 1000))

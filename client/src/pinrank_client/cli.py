@@ -16,6 +16,7 @@ import click
 
 from pinrank_client import __version__, schema
 from pinrank_client._args import MAX_SECONDS, check_seconds
+from pinrank_client._triton import contract_mismatches
 from pinrank_client._url import parse_urls
 from pinrank_client.admin import ADMIN_KEY_ENV, admin_headers
 from pinrank_client.client import DEFAULT_TIMEOUT_S, DEFAULT_URL, RankingClient
@@ -497,6 +498,4 @@ def models(
 
 
 def _contract(metadata: dict[str, Any]) -> list[str]:
-    from pinrank_client._triton import contract_mismatches
-
     return contract_mismatches(metadata)

@@ -153,9 +153,9 @@ class _Base:
         # Tests make jitter deterministic through this.
         self._rand: Callable[[], float] = random.random
         if self.protocol == "grpc":
-            import tritonclient.grpc as io
+            import tritonclient.grpc as io  # noqa: PLC0415 - only the protocol in use: each stack costs import time
         else:
-            import tritonclient.http as io
+            import tritonclient.http as io  # noqa: PLC0415 - only the protocol in use: each stack costs import time
         self._io = io  # InferInput & co. (the aio clients take the same objects)
         self._outputs = requested_outputs(io)
 
@@ -334,7 +334,7 @@ class RankingClient(_Base):
                 kwargs["headers"] = self.headers
             if self.protocol == "grpc":
                 return fn(*args, client_timeout=timeout_s, **kwargs)
-            import gevent
+            import gevent  # noqa: PLC0415 - HTTP calls only; importing gevent at SDK import would tie every user to it
 
             # geventhttpclient fixes socket timeouts per connection, so a
             # gevent.Timeout gives each call its own deadline. It raises an
@@ -613,7 +613,7 @@ class AsyncRankingClient(_Base):
     def _make_transport(self, endpoint: Endpoint) -> Any:
         """A new tritonclient aio client for `endpoint` (tests replace this)."""
         if self.protocol == "grpc":
-            import tritonclient.grpc.aio as grpc_aio
+            import tritonclient.grpc.aio as grpc_aio  # noqa: PLC0415 - only the protocol in use: each stack costs import time
 
             policy = self.retry_policy
             return grpc_aio.InferenceServerClient(
@@ -621,7 +621,7 @@ class AsyncRankingClient(_Base):
                 ssl=endpoint.ssl,
                 channel_args=grpc_channel_args(policy.backoff_s, policy.max_backoff_s),
             )
-        import tritonclient.http.aio as http_aio
+        import tritonclient.http.aio as http_aio  # noqa: PLC0415 - only the protocol in use (aiohttp loads for HTTP only)
 
         # No session-wide timeout: every call gets its own (see _invoke).
         return http_aio.InferenceServerClient(endpoint.address, ssl=endpoint.ssl, conn_timeout=None)

@@ -3,32 +3,24 @@
 Loads `model_repository/gpu/ranker/<latest>/ranker.pt` the way Triton's
 pytorch_libtorch backend does (TorchScript on CUDA), checks it against the
 same artifact on CPU on the parity edge cases (TF32 off), and times requests
-of 1 user x N candidates x 100 actions. Needs only torch with CUDA and numpy:
+of 1 user x N candidates x 100 actions. Needs only torch with CUDA and numpy
+on the GPU box, and the checkout (pinrank.export.parity, pinrank.backend):
 
-    PYTHONPATH=.:client/src python deploy/gpu_smoke.py --repository model_repository/gpu
+    PYTHONPATH=.:client/src python export/gpu_smoke.py --repository model_repository/gpu
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def _parity_module():  # type: ignore[no-untyped-def]
-    # Loaded by path: on a bare GPU box pinrank is not installed, only checked out.
-    path = Path(__file__).resolve().parents[1] / "export" / "parity.py"
-    spec = importlib.util.spec_from_file_location("pinrank_parity", path)
-    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[spec.name] = mod  # dataclasses look their module up here
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
+from pinrank.backend import schema
+from pinrank.export import parity
 
 
 def main() -> None:
@@ -45,9 +37,6 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
 
-    from pinrank.backend import schema
-
-    parity = _parity_module()
     versions = sorted((args.repository / "ranker").glob("[0-9]*"), key=lambda p: int(p.name))
     path = versions[-1] / "ranker.pt"
     manifest = json.loads((versions[-1] / "manifest.json").read_text())
@@ -75,8 +64,8 @@ def main() -> None:
                     ms.append((time.perf_counter() - t) * 1000)
             a = np.asarray(ms)
             timings[f"N={n}"] = {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99))}
-    report = {"device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", "torch": torch.__version__, "artifact": str(path),
-              "fp32_max_abs_diff_vs_cpu": diffs, "latency_fp32_L100": timings}
+    report = {"device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", "torch": torch.__version__,
+              "artifact": str(path), "fp32_max_abs_diff_vs_cpu": diffs, "latency_fp32_L100": timings}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
