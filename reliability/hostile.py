@@ -24,7 +24,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from pinrank.backend import schema
-from reliability.bad_inputs import base_request
+from reliability.bad_inputs.helpers import base_request
 
 INFER_PATH = f"/v2/models/{schema.ENSEMBLE_MODEL}/infer"
 #: Row 1: 8 x 2**40 bytes; Triton 2.51 segfaults sizing it from a 95-byte body.

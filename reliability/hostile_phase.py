@@ -18,14 +18,9 @@ What it measures (issue 16, "Prove it"):
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
-import signal
-import subprocess
-import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -36,78 +31,17 @@ from tritonclient.utils import InferenceServerException
 from pinrank.backend import schema
 from pinrank.backend.ranker_runtime import manifest_num_items
 from pinrank.serving import health, model_control
-from pinrank.serving.tritonserver import free_ports
-from pinrank_client.admin import ADMIN_KEY_ENV, admin_headers
 from reliability import faults, hostile
 from reliability.step_models import (
     bad_postprocess_inputs,
     bad_ranker_feeds,
     infer_binary,
 )
+from testkit.serve_process import ServeProcess
 
 #: Valid calls: short timeouts and enough retries to span a server restart.
 LOAD_TIMEOUT_S = 5.0
 LOAD_RETRIES = 4
-
-
-@dataclass
-class ServeProcess:
-    """`pinrank serve` in a subprocess on free ports, with a known admin key."""
-
-    repository: Path
-    workdir: Path
-    model_control: str = "explicit"
-    startup_timeout_s: float = 180.0
-    key: str = field(default_factory=lambda: secrets.token_hex(24))
-    ports: list[int] = field(default_factory=lambda: free_ports(4))
-    extra_args: tuple[str, ...] = ()
-    process: subprocess.Popen | None = None
-
-    @property
-    def http_url(self) -> str:
-        return f"127.0.0.1:{self.ports[0]}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.ports[1]}"
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return admin_headers(self.key)
-
-    def ready(self) -> bool:
-        code, _ = health.http_status(f"http://127.0.0.1:{self.ports[3]}/ready", timeout_s=2.0)
-        return code == 200
-
-    def server_pid(self) -> int | None:
-        return health.find_server_pid(self.ports[0])
-
-    def __enter__(self) -> "ServeProcess":
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        http, grpc, metrics, health_port = self.ports
-        cmd = [sys.executable, "-m", "pinrank.cli", "serve", "--repository", str(self.repository),
-               "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-               "--health-port", str(health_port), "--log", str(self.workdir / "tritonserver.log"),
-               "--model-control", self.model_control, *self.extra_args]
-        self._out = open(self.workdir / "serve.log", "w")  # noqa: SIM115 - closed in __exit__
-        self.process = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True,
-                                        env={**os.environ, ADMIN_KEY_ENV: self.key})
-        if faults.wait_for(lambda: self.ready() or self.process.poll() is not None, self.startup_timeout_s,
-                           every_s=0.25) is None or not self.ready():
-            self.__exit__()
-            raise RuntimeError(f"pinrank serve did not become ready; see {self.workdir / 'serve.log'}")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._out.close()
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ from pinrank.serving import model_control
 from pinrank.serving.model_control import StubWatchdog
 from pinrank.serving.tritonserver import running_server
 from reliability import faults, hostile_phase
-from reliability.bad_inputs import Fixtures, run_with_server
+from reliability.bad_inputs.fixtures import Fixtures
+from reliability.bad_inputs.matrix import run_with_server
 from testkit.export_inputs import write_random_snapshot, write_untrained_ranker
 
 #: Error types the SDK is documented to raise; anything else is a bug.

@@ -16,8 +16,9 @@ import click
 import numpy as np
 
 from pinrank.backend import schema
+from pinrank.data.cuts import SPLITS
 from pinrank.data.dataset import Dataset, DatasetError, load_dataset
-from pinrank.data.importers import FORMATS, SPLITS, import_source
+from pinrank.data.importers import FORMATS, import_source
 from pinrank.data.synthetic import QUICK, SyntheticConfig, generate
 
 

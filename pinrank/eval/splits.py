@@ -32,8 +32,9 @@ import numpy as np
 
 from pinrank.backend import schema
 from pinrank.backend.units import MS_PER_DAY
+from pinrank.data.cuts import per_user_cuts
 from pinrank.data.dataset import Dataset
-from pinrank.data.importers import item_embeddings, per_user_cuts
+from pinrank.data.item_features import item_embeddings
 from pinrank.models.pinnerformer import DEFAULT_SEQUENCE_ACTIONS, UserTimelines
 
 

@@ -7,8 +7,7 @@ import socket
 import pytest
 from click.testing import CliRunner
 
-from pinrank_client import RankResponse, RequestTimeoutError, ServerError, cli, schema
-from pinrank_client.client import Health
+from pinrank_client import Health, RankResponse, RequestTimeoutError, ServerError, cli, schema
 
 NOW = 1_718_000_000_000
 

@@ -14,6 +14,7 @@ from tritonclient.utils import InferenceServerException
 
 from pinrank_client import (
     AsyncRankingClient,
+    Health,
     InvalidArgumentError,
     InvalidRequestError,
     ModelNotReadyError,
@@ -28,9 +29,9 @@ from pinrank_client import (
     parse_url,
     schema,
 )
+from pinrank_client._client_base import best_health
 from pinrank_client._retry import EndpointPool, acall_with_retries, call_with_retries
 from pinrank_client._triton import grpc_channel_args
-from pinrank_client.client import Health, _best
 
 NOW = 1_718_000_000_000
 A, B, C = (parse_url(f"grpc://h{i}:1") for i in range(3))
@@ -485,7 +486,7 @@ def test_health_picks_the_best_server_and_never_raises():
 
 
 def _best_of(*healths):
-    return _best(healths)
+    return best_health(healths)
 
 
 def test_wait_until_ready():

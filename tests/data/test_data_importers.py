@@ -10,15 +10,9 @@ import pytest
 
 from pinrank.backend import schema
 from pinrank.data.dataset import DatasetError, load_dataset
-from pinrank.data.importers import (
-    ML100K_GENRES,
-    UNKNOWN_GENRE,
-    build_movielens,
-    build_rees46,
-    build_taobao,
-    import_source,
-    item_embeddings,
-)
+from pinrank.data.formats.movielens import ML100K_GENRES, UNKNOWN_GENRE
+from pinrank.data.importers import build_movielens, build_rees46, build_taobao, import_source
+from pinrank.data.item_features import item_embeddings
 
 A = schema.ACTION_IDS
 H = {h: j for j, h in enumerate(schema.HEADS)}

@@ -11,107 +11,39 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import tritonclient.http as httpclient
 
-from pinrank.serving.health import find_server_pid, is_running, stub_processes
+from pinrank.serving.health import is_running, stub_processes
 from pinrank.serving.model_control import pinned_config_json
-from pinrank.serving.tritonserver import free_ports
 from pinrank_client import RankingClient
 from reliability import hostile
 from reliability.faults import process_tree_rss_mb
+from testkit.serve_process import ServeProcess
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 REQUEST = dict(user_id=1, candidate_ids=[3, 1, 2, 5, 8], top_k=2)
 
 
-@dataclass
-class Served:
-    proc: subprocess.Popen
-    http: int
-    grpc: int
-    health: int
-    stderr: Path
-
-    def server_pid(self) -> int | None:
-        return find_server_pid(self.http)
-
-    def ready(self) -> tuple[int, dict]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health}/ready", timeout=5) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
-        except OSError as exc:
-            return 0, {"error": str(exc)}
-
-    def wait_ready(self, status: int = 200, timeout_s: float = 60.0) -> float:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout_s:
-            if self.ready()[0] == status:
-                return time.monotonic() - t0
-            assert self.proc.poll() is None, f"pinrank serve exited:\n{self.stderr.read_text()}"
-            time.sleep(0.05)
-        raise AssertionError(f"/ready never answered {status}: {self.ready()}\n{self.stderr.read_text()[-3000:]}")
-
-    def new_server_pid(self, old: int, timeout_s: float = 30.0) -> int:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout_s:
-            pid = self.server_pid()
-            if pid not in (None, old):
-                return pid
-            time.sleep(0.01)
-        raise AssertionError(f"tritonserver {old} was not replaced:\n{self.stderr.read_text()[-3000:]}")
-
-
-def _serve(pipeline, tmp_path: Path, *args: str) -> Served:
-    http, grpc, metrics, health = free_ports(4)
-    stderr = tmp_path / "serve.stderr"
-    env = dict(os.environ, PINRANK_ADMIN_KEY="supervision-test-key-0123456789")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pinrank.cli", "serve", "--repository", str(pipeline.repository / "cpu"),
-         "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-         "--health-port", str(health), "--log", str(tmp_path / "tritonserver.log"), *args],
-        stdout=subprocess.DEVNULL, stderr=open(stderr, "wb"), env=env)
-    served = Served(proc, http, grpc, health, stderr)
-    served.wait_ready()
-    return served
-
-
-def _stop(served: Served) -> None:
-    served.proc.send_signal(signal.SIGTERM)
-    try:
-        served.proc.wait(60)
-    except subprocess.TimeoutExpired:
-        served.proc.kill()
-        served.proc.wait()
-
-
 @pytest.fixture
 def served(pipeline, tmp_path):
-    s = _serve(pipeline, tmp_path)
-    yield s
-    _stop(s)
+    with ServeProcess(pipeline.repository / "cpu", tmp_path / "serve", model_control=None) as serve:
+        yield serve
 
 
 @pytest.fixture
 def served_explicit(pipeline, tmp_path):
-    s = _serve(pipeline, tmp_path, "--model-control", "explicit")
-    yield s
-    _stop(s)
+    with ServeProcess(pipeline.repository / "cpu", tmp_path / "serve") as serve:
+        yield serve
 
 
 class Load:
@@ -145,16 +77,18 @@ class Load:
         self._thread.join(60)
 
 
-def _rank_once(served: Served) -> None:
-    with RankingClient(f"127.0.0.1:{served.grpc}", protocol="grpc", retries=0) as client:
+def _rank_once(served: ServeProcess) -> None:
+    with RankingClient(f"127.0.0.1:{served.grpc_port}", protocol="grpc", retries=0) as client:
         assert len(client.rank(**REQUEST).items) == 2
 
 
-def _post(port: int, path: str, body: bytes, headers: dict | None = None) -> int | None:
-    """Status of a raw POST, or None when the connection died (the server crashed)."""
+def _post(port: int, body: bytes, headers: dict | None = None) -> int | None:
+    """Status of a raw POST to the ensemble, or None when the connection died (the server crashed).
+    http.client reads the answer by its length: Triton keeps the connection open after a 500,
+    so reading to EOF (hostile.send_http) would wait out its timeout."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        c.request("POST", path, body, headers or {})
+        c.request("POST", hostile.INFER_PATH, body, headers or {})
         return c.getresponse().status
     except (ConnectionError, TimeoutError, http.client.HTTPException):  # a stub killed mid-request: no answer
         return None
@@ -162,17 +96,8 @@ def _post(port: int, path: str, body: bytes, headers: dict | None = None) -> int
         c.close()
 
 
-def _wrapping_binary_request() -> tuple[bytes, dict]:
-    """Row 4: binary candidate_ids of shape [2**61 + 5] with 40 bytes of data
-    (shape x 8 wraps to 40): the preprocess stub dies with 'array is too big'."""
-    header = json.dumps({"inputs": [{"name": "candidate_ids", "shape": [2**61 + 5], "datatype": "INT64",
-                                     "parameters": {"binary_data_size": 40}}]}).encode()
-    return header + b"\x01" * 40, {"Inference-Header-Content-Length": str(len(header)),
-                                   "Content-Type": "application/octet-stream"}
-
-
 def test_a_segfault_under_load_costs_no_call_and_is_back_within_seconds(served):
-    with Load(f"127.0.0.1:{served.grpc}") as load:
+    with Load(f"127.0.0.1:{served.grpc_port}") as load:
         time.sleep(1.5)
         old = served.server_pid()
         t_kill = time.monotonic()
@@ -192,7 +117,7 @@ def test_a_segfault_under_load_costs_no_call_and_is_back_within_seconds(served):
     # The target is 2 s (about 1 s measured here, docs/reliability.md); the bound leaves room for a
     # loaded CI box, and still fails a supervisor that waits for backoff or a slow start.
     assert first_ok_after < 4.0
-    log = served.stderr.read_text()
+    log = served.log_text()
     assert f"tritonserver (pid {old}) killed by SIGSEGV (signal 11); restarting now" in log
     assert "Signal (11) received" in log  # the crashed server's last log lines come with the cause
 
@@ -201,7 +126,7 @@ def test_the_95_byte_huge_shape_request_is_contained(served):
     # Row 1: Triton 2.51 segfaults on a declared shape of 2**40 elements.
     old = served.server_pid()
     body = hostile.huge_shape_json()
-    _post(served.http, "/v2/models/pinrank/infer", body)
+    _post(served.http_port, body)
     if served.server_pid() == old and is_running(old):
         pytest.fail("the request no longer crashes Triton: drop the containment note in docs/security.md")
     served.new_server_pid(old)
@@ -220,7 +145,7 @@ def test_a_hung_server_is_restarted(served):
             os.kill(old, signal.SIGCONT)
     served.wait_ready(timeout_s=30)
     _rank_once(served)
-    assert f"tritonserver (pid {old}) hung: liveness probe failed 3 times in a row" in served.stderr.read_text()
+    assert f"tritonserver (pid {old}) hung: liveness probe failed 3 times in a row" in served.log_text()
 
 
 def test_a_dead_stub_makes_ready_503_until_it_is_back(served):
@@ -229,14 +154,14 @@ def test_a_dead_stub_makes_ready_503_until_it_is_back(served):
     victim = next(s for s in stub_processes(pid) if s.model == "preprocess")
     os.kill(victim.pid, signal.SIGKILL)
     served.wait_ready(503, timeout_s=10)
-    status, body = served.ready()
+    status, body = served.ready_status()
     assert status == 503 and any(victim.instance in r for r in body["reasons"]), body
-    with urllib.request.urlopen(f"http://127.0.0.1:{served.http}/v2/health/ready", timeout=5) as r:
+    with urllib.request.urlopen(f"http://127.0.0.1:{served.http_port}/v2/health/ready", timeout=5) as r:
         assert r.status == 200  # what Triton alone would have said
     # Without the watchdog (model control none), the supervisor restarts the server.
     served.wait_ready(200, timeout_s=30)
     _rank_once(served)
-    assert "not running and no stub watchdog" in served.stderr.read_text()
+    assert "not running and no stub watchdog" in served.log_text()
 
 
 def _stub_pids_for(repository: Path) -> list[int]:
@@ -253,7 +178,7 @@ def _stub_pids_for(repository: Path) -> list[int]:
     return out
 
 
-def _replaced(served: Served, pid: int, before: set[int], timeout_s: float = 30.0) -> None:
+def _replaced(served: ServeProcess, pid: int, before: set[int], timeout_s: float = 30.0) -> None:
     """Wait until the server `pid` runs a new stub (watchdog reload) or was replaced (recycle)."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
@@ -261,7 +186,7 @@ def _replaced(served: Served, pid: int, before: set[int], timeout_s: float = 30.
         if now not in (None, pid) or {s.pid for s in stub_processes(pid)} - before:
             return
         time.sleep(0.05)
-    raise AssertionError(f"no stub was replaced:\n{served.stderr.read_text()[-3000:]}")
+    raise AssertionError(f"no stub was replaced:\n{served.log_text(3000)}")
 
 
 def test_twenty_stub_crashes_leak_no_process_and_bounded_memory(pipeline, served_explicit):
@@ -275,13 +200,13 @@ def test_twenty_stub_crashes_leak_no_process_and_bounded_memory(pipeline, served
     first = served.server_pid()
     rss0 = process_tree_rss_mb(first)
     stubs0 = len(_stub_pids_for(repository))
-    body, headers = _wrapping_binary_request()
+    body, headers = hostile.wrapped_shape_binary()
     cut_off = 0
     for _ in range(20):
         pid = served.server_pid()
         before = {s.pid for s in stub_processes(pid)}
         # 500 "Stub process ... is not healthy"; None when a recycle restart cut it off
-        status = _post(served.http, "/v2/models/pinrank/infer", body, headers)
+        status = _post(served.http_port, body, headers)
         assert status in (500, None)
         cut_off += status is None
         _replaced(served, pid, before)
@@ -297,7 +222,7 @@ def test_twenty_stub_crashes_leak_no_process_and_bounded_memory(pipeline, served
           f"server pid {first} -> {last}")
     assert leaked == 0
     assert abs(growth) < 5.0
-    log = served.stderr.read_text()
+    log = served.log_text()
     # a cut-off request may or may not have reached the stub first
     assert 20 - cut_off <= log.count("lost the stub of") <= 20
     assert "recycling after 5 stub replacements" in log
@@ -308,22 +233,22 @@ def test_reloads_by_the_admin_are_not_taken_for_dead_stubs(pipeline, served_expl
     # not "repair" it (a spurious reload each time, then a recycle).
     served = served_explicit
     repository = (pipeline.repository / "cpu").resolve()
-    headers = {"pinrank-admin-key": "supervision-test-key-0123456789"}
-    client = httpclient.InferenceServerClient(f"127.0.0.1:{served.http}")
+    headers = served.headers
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{served.http_port}")
     for i in range(6):
         for model in ("preprocess", "ranker", "postprocess"):
             client.load_model(model, headers=headers, config=pinned_config_json(repository, model, 1, f"admin{i}"))
     time.sleep(4)  # replaced stubs exit; the watchdog checks every 0.5 s
     served.wait_ready(timeout_s=30)
     _rank_once(served)
-    log = served.stderr.read_text()
+    log = served.log_text()
     assert "lost the stub of" not in log and "recycling" not in log
     # and a real death after that is still seen
-    body, headers_ = _wrapping_binary_request()
-    _post(served.http, "/v2/models/pinrank/infer", body, headers_)
+    body, headers_ = hostile.wrapped_shape_binary()
+    _post(served.http_port, body, headers_)
     t0 = time.monotonic()
-    while "lost the stub of" not in served.stderr.read_text() and time.monotonic() - t0 < 15:
+    while "lost the stub of" not in served.log_text() and time.monotonic() - t0 < 15:
         time.sleep(0.1)
-    assert "lost the stub of" in served.stderr.read_text()
+    assert "lost the stub of" in served.log_text()
     served.wait_ready(timeout_s=30)
     _rank_once(served)

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from pinrank.serving.tritonserver import running_server
-from reliability.bad_inputs import SURFACES, Case, Fixtures, Outcome, cases, run_matrix
+from reliability.bad_inputs.case import SURFACES, Case, Outcome
+from reliability.bad_inputs.fixtures import Fixtures
+from reliability.bad_inputs.matrix import cases, run_matrix
 
 
 def test_the_matrix_covers_every_surface_with_at_least_40_cases():

@@ -12,7 +12,7 @@ import zlib
 from pathlib import Path
 
 from reliability import hostile
-from reliability.bad_inputs import base_request
+from reliability.bad_inputs.helpers import base_request
 
 
 def test_row1_is_a_tiny_body_declaring_2_to_the_40_elements():

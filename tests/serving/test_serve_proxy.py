@@ -15,8 +15,9 @@ from pinrank.serving.proxy_process import nginx_binary
 from pinrank.serving.tritonserver import free_ports
 from pinrank_client import RankingClient
 from reliability import hostile
-from reliability.bad_inputs import REQ_TS, Fixtures
-from reliability.hostile_phase import ServeProcess
+from reliability.bad_inputs.case import REQ_TS
+from reliability.bad_inputs.fixtures import Fixtures
+from testkit.serve_process import ServeProcess
 
 
 def test_a_host_beyond_loopback_needs_a_proxy_decision(tmp_path):

@@ -20,7 +20,7 @@ from pinrank.backend import schema
 from pinrank.backend.ranker_runtime import manifest_num_items
 from pinrank.backend.step_inputs import MAX_ABS_USER_EMB, MAX_AGE_H
 from pinrank.serving.tritonserver import running_server
-from reliability.bad_inputs import Fixtures
+from reliability.bad_inputs.fixtures import Fixtures
 from reliability.step_models import (
     bad_postprocess_inputs,
     bad_ranker_feeds,

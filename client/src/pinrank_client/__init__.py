@@ -10,10 +10,12 @@ Importing this package is cheap and never imports tritonclient, torch or the
 """
 
 from pinrank_client import errors, schema
+from pinrank_client._client_base import Health
 from pinrank_client._retry import RetryEvent, RetryPolicy
 from pinrank_client._url import Endpoint, parse_url, parse_urls
 from pinrank_client.admin import ADMIN_HEADER, ADMIN_KEY_ENV, admin_headers
-from pinrank_client.client import AsyncRankingClient, Health, RankingClient
+from pinrank_client.aio import AsyncRankingClient
+from pinrank_client.client import RankingClient
 from pinrank_client.errors import (
     AccessDeniedError,
     InvalidArgumentError,

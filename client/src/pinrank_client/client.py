@@ -1,227 +1,58 @@
-"""RankingClient (blocking) and AsyncRankingClient (asyncio) for the `pinrank` ensemble.
+"""RankingClient, the blocking client for the `pinrank` ensemble.
 
-Both are thin layers over tritonclient: build tensors from the schema, call
-`infer` with a deadline, retry (and fail over between servers) only when a
-server was unreachable, and turn every failure into a PinrankError.
-tritonclient is imported when a client is created, not when pinrank_client is
-imported, so the request types stay usable (and fast to import) where
-tritonclient is absent.
+A thin layer over tritonclient: build tensors from the schema, call `infer`
+with a deadline, retry (and fail over between servers) only when a server was
+unreachable, and turn every failure into a PinrankError. tritonclient is
+imported when a client is created, not when pinrank_client is imported, so the
+request types stay usable (and fast to import) where tritonclient is absent.
+What it shares with AsyncRankingClient (aio.py) is in _client_base.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
-import random
 import threading
 import time
 import weakref
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Awaitable, Callable, Iterable, Literal, Mapping, NoReturn, Sequence, overload
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, overload
 
 from numpy.typing import ArrayLike
 
 from pinrank_client import schema
-from pinrank_client._args import check_headers, check_int, check_model, check_seconds
-from pinrank_client._retry import EndpointPool, RetryEvent, RetryPolicy, acall_with_retries, call_with_retries
+from pinrank_client._args import check_seconds
+from pinrank_client._client_base import (
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_URL,
+    ClientBase,
+    Health,
+    OnRetry,
+    best_health,
+    check_request,
+    check_requests,
+    raise_mapped,
+    raise_not_ready,
+)
+from pinrank_client._retry import RetryPolicy, call_with_retries
 from pinrank_client._triton import (
     build_inputs,
     contract_mismatches,
     grpc_channel_args,
-    model_identity,
     normalize_index,
     normalize_metadata,
-    read_outputs,
-    requested_outputs,
 )
-from pinrank_client._url import Endpoint, parse_urls
-from pinrank_client.errors import (
-    InvalidArgumentError,
-    ModelNotReadyError,
-    PinrankError,
-    ServerError,
-    ServerUnavailableError,
-    map_exception,
-)
+from pinrank_client._url import Endpoint
+from pinrank_client.errors import PinrankError
 from pinrank_client.types import Action, ActionHistory, RankRequest, RankResponse
 
-__all__ = [
-    "RankingClient",
-    "AsyncRankingClient",
-    "Health",
-    "DEFAULT_URL",
-    "DEFAULT_TIMEOUT_S",
-    "DEFAULT_MAX_CONCURRENCY",
-]
+# The defaults stay importable from here: they are RankingClient's, and the CLI
+# and callers import them with it.
+__all__ = ["RankingClient", "DEFAULT_URL", "DEFAULT_TIMEOUT_S", "DEFAULT_MAX_CONCURRENCY"]
 
 
-DEFAULT_URL = "localhost:8001"
-#: Generous for a first request (model warm-up); set it to your latency budget.
-DEFAULT_TIMEOUT_S = 5.0
-#: Requests rank_many keeps in flight. The ranker is compute-bound, so more
-#: than a few per server instance only queues on the server.
-DEFAULT_MAX_CONCURRENCY = 8
-
-OnRetry = Callable[[RetryEvent], object]
-
-
-@dataclass(frozen=True)
-class Health:
-    """What one server says about itself. `error` says why, when it is unreachable."""
-
-    url: str
-    live: bool
-    server_ready: bool  # every model in the repository loaded (strict readiness)
-    model_ready: bool  # the ranking model this client calls is loaded
-    error: str | None = None
-
-
-def _best(healths: Sequence[Health]) -> Health:
-    # A ready model beats a live server beats an unreachable one; max() keeps
-    # the first of equals, so ties go to the first URL given (the primary).
-    return max(healths, key=lambda h: (h.model_ready, h.live))
-
-
-def _reraise(exc: Exception, endpoint: Endpoint, timeout_s: float) -> NoReturn:
-    """Re-raise `exc` as a PinrankError (chained) if the SDK knows what it means."""
-    mapped = map_exception(exc, url=endpoint.url, timeout_s=timeout_s)
-    if mapped is exc:
-        raise exc
-    if isinstance(mapped, ModelNotReadyError) and mapped.status == "404" and "/" in endpoint.address:
-        # A 404 that is not Triton's "unknown model": most likely the
-        # gateway prefix in the URL is wrong, not the model.
-        mapped.message = (
-            f"{endpoint.url} answered 404 ({mapped.message}): is the path prefix in the URL right? "
-            "Give the server's root URL, or the gateway's prefix for Triton"
-        )
-    raise mapped from exc
-
-
-def _checked_request(request: object) -> RankRequest:
-    if not isinstance(request, RankRequest):
-        raise InvalidArgumentError(
-            f"rank_request takes a RankRequest, got {type(request).__name__} (use rank(...) or RankRequest.from_dict)"
-        )
-    return request
-
-
-def _check_requests(requests: Iterable[RankRequest]) -> list[RankRequest]:
-    try:
-        out = list(requests)
-    except TypeError:
-        raise InvalidArgumentError(
-            f"rank_many takes an iterable of RankRequest objects, got {type(requests).__name__}"
-        ) from None
-    for i, request in enumerate(out):
-        if not isinstance(request, RankRequest):
-            raise InvalidArgumentError(f"rank_many takes RankRequest objects; item {i} is a {type(request).__name__}")
-    return out
-
-
-class _Base:
-    """Configuration shared by the sync and async clients."""
-
-    def __init__(
-        self,
-        url: str | Sequence[str],
-        protocol: str | None,
-        timeout_s: float,
-        retries: int,
-        backoff_s: float,
-        max_backoff_s: float,
-        cooldown_s: float,
-        model_name: str,
-        model_version: str,
-        validate: bool,
-        max_concurrency: int,
-        headers: Mapping[str, str] | None,
-        on_retry: OnRetry | None,
-    ) -> None:
-        self.endpoints: tuple[Endpoint, ...] = tuple(parse_urls(url, protocol))
-        self.timeout_s = self._checked_timeout(timeout_s)
-        self.retry_policy = RetryPolicy(retries, backoff_s, max_backoff_s)
-        self.pool = EndpointPool(self.endpoints, cooldown_s=cooldown_s)
-        self.model_name, self.model_version = check_model(model_name, model_version)
-        self.validate = bool(validate)
-        self.max_concurrency = check_int("max_concurrency", max_concurrency, minimum=1)
-        self.headers: dict[str, str] | None = check_headers(headers)
-        if on_retry is not None and not callable(on_retry):
-            raise InvalidArgumentError(f"on_retry must be a function taking a RetryEvent, got {on_retry!r}")
-        self.on_retry = on_retry
-        # Tests make jitter deterministic through this.
-        self._rand: Callable[[], float] = random.random
-        if self.protocol == "grpc":
-            import tritonclient.grpc as io  # noqa: PLC0415 - only the protocol in use: each stack costs import time
-        else:
-            import tritonclient.http as io  # noqa: PLC0415 - only the protocol in use: each stack costs import time
-        self._io = io  # InferInput & co. (the aio clients take the same objects)
-        self._outputs = requested_outputs(io)
-
-    @staticmethod
-    def _checked_timeout(timeout_s: float) -> float:
-        return check_seconds("timeout_s", timeout_s)
-
-    def _deadline(self, timeout_s: float | None) -> float:
-        return self.timeout_s if timeout_s is None else self._checked_timeout(timeout_s)
-
-    @property
-    def endpoint(self) -> Endpoint:
-        """The first (primary) server."""
-        return self.endpoints[0]
-
-    @property
-    def url(self) -> str:
-        """The server URLs, comma-separated (the form the CLI's --url takes)."""
-        return ",".join(e.url for e in self.endpoints)
-
-    @property
-    def protocol(self) -> str:
-        return self.endpoints[0].protocol
-
-    def _request(
-        self,
-        user_id: int,
-        candidate_ids: ArrayLike,
-        actions: ActionHistory | Iterable[Action],
-        top_k: int | None,
-        request_ts_ms: int | None,
-    ) -> RankRequest:
-        return RankRequest(
-            user_id, candidate_ids, actions, request_ts_ms=request_ts_ms, top_k=top_k, validate=self.validate
-        )
-
-    def _response(self, result: Any, latency_ms: float, endpoint: Endpoint, attempts: int) -> RankResponse:
-        try:
-            name, version = model_identity(result, self.model_name)
-            outputs = read_outputs(result)
-        except Exception as exc:
-            # The bytes came from the network (a proxy's page, a truncated
-            # body): whatever tritonclient or numpy make of them is the
-            # server's fault, not a bug here.
-            mapped = map_exception(exc, url=endpoint.url)
-            if mapped is exc:
-                mapped = ServerError(f"malformed response from {endpoint.url}: {type(exc).__name__}: {exc}")
-            raise mapped from exc
-        return RankResponse.from_arrays(
-            outputs,
-            model_name=name,
-            model_version=version,
-            latency_ms=latency_ms,
-            url=endpoint.url,
-            attempts=attempts,
-        )
-
-    def _meta_kw(self) -> dict[str, Any]:
-        # gRPC returns protobufs unless asked for JSON; HTTP always returns JSON.
-        return {"as_json": True} if self.protocol == "grpc" else {}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.url!r}, model={self.model_name!r}, timeout_s={self.timeout_s})"
-
-
-class RankingClient(_Base):
+class RankingClient(ClientBase):
     """Blocking client; thread-safe for gRPC and HTTP alike.
 
     `url` is one server or several (a list, or one comma-separated string):
@@ -346,7 +177,7 @@ class RankingClient(_Base):
         except PinrankError:
             raise
         except Exception as exc:
-            _reraise(exc, endpoint, timeout_s)
+            raise_mapped(exc, endpoint, timeout_s)
 
     def _retrying(self, method: str, *args: Any, timeout_s: float, **kwargs: Any) -> tuple[Any, Endpoint, int]:
         """`method` with retries and failover: (result, server that answered, attempts)."""
@@ -384,7 +215,7 @@ class RankingClient(_Base):
     def rank_request(self, request: RankRequest, *, timeout_s: float | None = None) -> RankResponse:
         """Send a prepared RankRequest (validated when it was built)."""
         deadline = self._deadline(timeout_s)
-        inputs = build_inputs(self._io, _checked_request(request).to_arrays())
+        inputs = build_inputs(self._io, check_request(request).to_arrays())
         start = time.perf_counter()
         result, endpoint, attempts = self._retrying(
             "infer",
@@ -429,7 +260,7 @@ class RankingClient(_Base):
         request's PinrankError takes its place in the list instead (anything
         else, i.e. a bug, is still raised).
         """
-        batch = _check_requests(requests)
+        batch = check_requests(requests)
         self._deadline(timeout_s)  # a bad timeout fails here, not n times in the pool
         if not batch:
             return []
@@ -494,7 +325,7 @@ class RankingClient(_Base):
 
     def health(self, *, timeout_s: float | None = None) -> Health:
         """The healthiest server's status: one whose model is ready if any (never raises)."""
-        return _best(self.health_all(timeout_s=timeout_s))
+        return best_health(self.health_all(timeout_s=timeout_s))
 
     def is_live(self, *, timeout_s: float | None = None) -> bool:
         """True if any server answers (never raises)."""
@@ -522,7 +353,7 @@ class RankingClient(_Base):
             if health.model_ready:
                 return health
             if time.monotonic() >= deadline:
-                _not_ready(health, self.model_name, timeout_s)
+                raise_not_ready(health, self.model_name, timeout_s)
             self._sleep(poll_s)
 
     def model_metadata(self, *, timeout_s: float | None = None) -> dict[str, Any]:
@@ -572,264 +403,3 @@ class RankingClient(_Base):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def _not_ready(health: Health, model_name: str, timeout_s: float) -> NoReturn:
-    if not health.live:
-        raise ServerUnavailableError(f"no server answered within {timeout_s:g} s: {health.error}")
-    raise ModelNotReadyError(f"model {model_name!r} not ready at {health.url} after {timeout_s:g} s")
-
-
-class AsyncRankingClient(_Base):
-    """asyncio client (tritonclient.grpc.aio / tritonclient.http.aio); same
-    arguments and behaviour as RankingClient. Safe to share between tasks of
-    one event loop. Connections are opened on first use, inside the loop."""
-
-    def __init__(
-        self,
-        url: str | Sequence[str] = DEFAULT_URL,
-        protocol: str | None = None,
-        *,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        retries: int = RetryPolicy.retries,
-        backoff_s: float = RetryPolicy.backoff_s,
-        max_backoff_s: float = RetryPolicy.max_backoff_s,
-        cooldown_s: float = 1.0,
-        model_name: str = schema.ENSEMBLE_MODEL,
-        model_version: str = "",
-        validate: bool = True,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        headers: Mapping[str, str] | None = None,
-        on_retry: OnRetry | None = None,
-    ) -> None:
-        super().__init__(
-            url, protocol, timeout_s, retries, backoff_s, max_backoff_s, cooldown_s,
-            model_name, model_version, validate, max_concurrency, headers, on_retry,
-        )  # fmt: skip
-        self._sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
-        self._clients: dict[Endpoint, Any] = {}
-        self._closed = False
-
-    def _make_transport(self, endpoint: Endpoint) -> Any:
-        """A new tritonclient aio client for `endpoint` (tests replace this)."""
-        if self.protocol == "grpc":
-            import tritonclient.grpc.aio as grpc_aio  # noqa: PLC0415 - only the protocol in use: each stack costs import time
-
-            policy = self.retry_policy
-            return grpc_aio.InferenceServerClient(
-                endpoint.address,
-                ssl=endpoint.ssl,
-                channel_args=grpc_channel_args(policy.backoff_s, policy.max_backoff_s),
-            )
-        import tritonclient.http.aio as http_aio  # noqa: PLC0415 - only the protocol in use (aiohttp loads for HTTP only)
-
-        # No session-wide timeout: every call gets its own (see _invoke).
-        return http_aio.InferenceServerClient(endpoint.address, ssl=endpoint.ssl, conn_timeout=None)
-
-    def _transport(self, endpoint: Endpoint) -> Any:
-        # aiohttp sessions and grpc.aio channels bind to the running loop, so
-        # they are created on first use rather than in __init__.
-        if self._closed:
-            raise PinrankError("the client is closed")
-        client = self._clients.get(endpoint)
-        if client is None:
-            client = self._clients[endpoint] = self._make_transport(endpoint)
-        return client
-
-    async def _invoke(self, endpoint: Endpoint, method: str, *args: Any, timeout_s: float, **kwargs: Any) -> Any:
-        try:
-            fn = getattr(self._transport(endpoint), method)
-            if self.headers:
-                kwargs["headers"] = self.headers
-            if self.protocol == "grpc":
-                return await fn(*args, client_timeout=timeout_s, **kwargs)
-            return await asyncio.wait_for(fn(*args, **kwargs), timeout_s)
-        except PinrankError:
-            raise
-        except Exception as exc:  # CancelledError is a BaseException: cancellation passes through
-            _reraise(exc, endpoint, timeout_s)
-
-    async def _retrying(self, method: str, *args: Any, timeout_s: float, **kwargs: Any) -> tuple[Any, Endpoint, int]:
-        attempts = 0
-
-        async def attempt(endpoint: Endpoint) -> tuple[Any, Endpoint]:
-            nonlocal attempts
-            attempts += 1
-            return await self._invoke(endpoint, method, *args, timeout_s=timeout_s, **kwargs), endpoint
-
-        result, endpoint = await acall_with_retries(
-            attempt, self.retry_policy, self.pool, sleep=self._sleep, rand=self._rand, on_retry=self.on_retry
-        )
-        return result, endpoint, attempts
-
-    async def rank(
-        self,
-        user_id: int,
-        candidate_ids: ArrayLike,
-        actions: ActionHistory | Iterable[Action] = (),
-        top_k: int | None = None,
-        request_ts_ms: int | None = None,
-        *,
-        timeout_s: float | None = None,
-    ) -> RankResponse:
-        """Rank `candidate_ids` for `user_id` given their recent `actions`."""
-        request = self._request(user_id, candidate_ids, actions, top_k, request_ts_ms)
-        return await self.rank_request(request, timeout_s=timeout_s)
-
-    async def rank_request(self, request: RankRequest, *, timeout_s: float | None = None) -> RankResponse:
-        deadline = self._deadline(timeout_s)
-        inputs = build_inputs(self._io, _checked_request(request).to_arrays())
-        start = time.perf_counter()
-        result, endpoint, attempts = await self._retrying(
-            "infer",
-            self.model_name,
-            inputs,
-            model_version=self.model_version,
-            outputs=self._outputs,
-            timeout_s=deadline,
-        )
-        return self._response(result, (time.perf_counter() - start) * 1000.0, endpoint, attempts)
-
-    @overload
-    async def rank_many(
-        self,
-        requests: Iterable[RankRequest],
-        *,
-        timeout_s: float | None = ...,
-        return_exceptions: Literal[False] = ...,
-    ) -> list[RankResponse]: ...
-
-    @overload
-    async def rank_many(
-        self,
-        requests: Iterable[RankRequest],
-        *,
-        timeout_s: float | None = ...,
-        return_exceptions: Literal[True],
-    ) -> list[RankResponse | PinrankError]: ...
-
-    async def rank_many(
-        self,
-        requests: Iterable[RankRequest],
-        *,
-        timeout_s: float | None = None,
-        return_exceptions: bool = False,
-    ) -> list[RankResponse] | list[RankResponse | PinrankError]:
-        """Rank many requests concurrently; see RankingClient.rank_many.
-
-        On the first failure (return_exceptions=False) the other requests are
-        cancelled, not left running behind the caller's back.
-        """
-        batch = _check_requests(requests)
-        self._deadline(timeout_s)
-        gate = asyncio.Semaphore(self.max_concurrency)
-
-        async def one(request: RankRequest) -> RankResponse:
-            async with gate:
-                return await self.rank_request(request, timeout_s=timeout_s)
-
-        tasks = [asyncio.ensure_future(one(r)) for r in batch]
-        try:
-            if not return_exceptions:
-                return list(await asyncio.gather(*tasks))
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            out: list[RankResponse | PinrankError] = []
-            for item in results:
-                if isinstance(item, PinrankError) or not isinstance(item, BaseException):
-                    out.append(item)
-                else:
-                    raise item
-            return out
-        finally:
-            for task in tasks:
-                task.cancel()  # no-op for the finished ones
-
-    async def _flag(self, endpoint: Endpoint, method: str, *args: Any, timeout_s: float) -> bool:
-        try:
-            return bool(await self._invoke(endpoint, method, *args, timeout_s=timeout_s))
-        except PinrankError:
-            return False
-
-    async def _probe(self, endpoint: Endpoint, timeout_s: float) -> Health:
-        try:
-            live = bool(await self._invoke(endpoint, "is_server_live", timeout_s=timeout_s))
-        except PinrankError as exc:
-            return Health(endpoint.url, False, False, False, error=str(exc))
-        server_ready = await self._flag(endpoint, "is_server_ready", timeout_s=timeout_s)
-        model_ready = await self._flag(
-            endpoint, "is_model_ready", self.model_name, self.model_version, timeout_s=timeout_s
-        )
-        return Health(endpoint.url, live, server_ready, model_ready)
-
-    async def health_all(self, *, timeout_s: float | None = None) -> list[Health]:
-        """Each server's liveness and readiness, in the order given (never raises)."""
-        deadline = self._deadline(timeout_s)
-        return list(await asyncio.gather(*(self._probe(e, deadline) for e in self.endpoints)))
-
-    async def health(self, *, timeout_s: float | None = None) -> Health:
-        """The healthiest server's status: one whose model is ready if any (never raises)."""
-        return _best(await self.health_all(timeout_s=timeout_s))
-
-    async def is_live(self, *, timeout_s: float | None = None) -> bool:
-        deadline = self._deadline(timeout_s)
-        flags = await asyncio.gather(*(self._flag(e, "is_server_live", timeout_s=deadline) for e in self.endpoints))
-        return any(flags)
-
-    async def is_ready(self, *, timeout_s: float | None = None) -> bool:
-        deadline = self._deadline(timeout_s)
-        flags = await asyncio.gather(
-            *(
-                self._flag(e, "is_model_ready", self.model_name, self.model_version, timeout_s=deadline)
-                for e in self.endpoints
-            )
-        )
-        return any(flags)
-
-    async def wait_until_ready(self, timeout_s: float = 60.0, *, poll_s: float = 0.25) -> Health:
-        """Wait until the ranking model is ready on some server; see RankingClient.wait_until_ready."""
-        deadline = time.monotonic() + self._checked_timeout(timeout_s)
-        check_seconds("poll_s", poll_s)
-        while True:
-            health = await self.health(timeout_s=min(self.timeout_s, max(deadline - time.monotonic(), 0.05)))
-            if health.model_ready:
-                return health
-            if time.monotonic() >= deadline:
-                _not_ready(health, self.model_name, timeout_s)
-            await self._sleep(poll_s)
-
-    async def model_metadata(self, *, timeout_s: float | None = None) -> dict[str, Any]:
-        meta, _, _ = await self._retrying(
-            "get_model_metadata",
-            self.model_name,
-            self.model_version,
-            timeout_s=self._deadline(timeout_s),
-            **self._meta_kw(),
-        )
-        return normalize_metadata(meta)
-
-    async def check_contract(self, *, timeout_s: float | None = None) -> list[str]:
-        return contract_mismatches(await self.model_metadata(timeout_s=timeout_s))
-
-    async def list_models(self, *, timeout_s: float | None = None) -> list[dict[str, str]]:
-        index, _, _ = await self._retrying(
-            "get_model_repository_index", timeout_s=self._deadline(timeout_s), **self._meta_kw()
-        )
-        return normalize_index(index)
-
-    async def close(self) -> None:
-        """Close every connection. Calls after close() raise PinrankError."""
-        if self._closed:
-            return
-        self._closed = True
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            with contextlib.suppress(Exception):
-                await client.close()
-
-    async def __aenter__(self) -> AsyncRankingClient:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
