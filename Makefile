@@ -48,7 +48,7 @@ $(RANKER_CKPT): $(PF_CKPT)
 
 train: train-pinnerformer train-ranker ## Train both models
 
-export: $(REPO)/cpu/pinrank/config.pbtxt ## Export TorchScript (parity-gated) into model_repository/{cpu,gpu}
+export: $(REPO)/cpu/pinrank/config.pbtxt ## Export TorchScript + ONNX (each parity-gated; + TensorRT on a GPU) into model_repository/{cpu,gpu}
 $(REPO)/cpu/pinrank/config.pbtxt: $(RANKER_CKPT) $(SNAPSHOT)/meta.json
 	$(PINRANK) export --ranker $(RANKER_CKPT) --snapshot $(SNAPSHOT) --data $(DATA) --out $(REPO) --target all
 

@@ -26,7 +26,7 @@ set -euo pipefail
 # RESTRICTED_APIS). Health, metadata, inference and statistics stay open:
 # kubelet probes carry no header, and the SDK's rank / health / check_contract
 # use only the first three.
-RESTRICTED="model-repository,model-config,shared-memory,trace,logging"
+RESTRICTED="model-repository,shared-memory,trace,logging"
 
 repo=${PINRANK_MODEL_REPOSITORY:-/models}
 addr=${PINRANK_BIND_ADDRESS:-127.0.0.1}

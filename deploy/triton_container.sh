@@ -20,7 +20,7 @@ HTTP=${HTTP_PORT:-8000}; GRPC=${GRPC_PORT:-8001}; METRICS=${METRICS_PORT:-8002}
 BIND=${BIND:-127.0.0.1}
 ADMIN_KEY_FILE=${ADMIN_KEY_FILE:-${XDG_CONFIG_HOME:-$HOME/.config}/pinrank/admin-key}
 # Same restricted APIs as `pinrank serve` (pinrank.serving.tritonserver.RESTRICTED_APIS).
-RESTRICTED=model-repository,model-config,shared-memory,trace,logging
+RESTRICTED=model-repository,shared-memory,trace,logging
 if [ ! -f "$REPO/pinrank/config.pbtxt" ]; then
   echo "no repository at $REPO: run 'make export' first" >&2; exit 2
 fi

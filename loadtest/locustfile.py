@@ -10,14 +10,21 @@ under gevent hung in a probe (ENVIRONMENT.md).
 `loadtest/run_loadtest.py` (`make loadtest`) builds the pool and runs this
 headless. Environment: PINRANK_REQUEST_POOL (an .npz from request_pool.py) or
 PINRANK_DATA (a dataset to build 2,000 requests from; default
-artifacts/data/quick), PINRANK_TIMEOUT_S (per-request deadline, default 10).
+artifacts/data/quick), PINRANK_TIMEOUT_S (per-request deadline, default 10),
+PINRANK_MAX_P99_MS / PINRANK_MAX_FAILURE_RATIO (the SLO gate, slo.py).
+
+Every exception a call raises is a failed request in locust's statistics
+(none escapes as a task error), and on quitting the gate sets locust's exit
+code: 1 when nothing was sent, nothing succeeded, or a gate was missed.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from locust import User, constant, events, task
@@ -25,8 +32,9 @@ from request_pool import (  # locust puts this file's folder on sys.path
     RequestPool,
     pool_from_dataset,
 )
+from slo import gates_from_env, violations
 
-from pinrank_client import PinrankError, RankingClient
+from pinrank_client import RankingClient
 from pinrank_client.types import RankRequest
 
 TIMEOUT_S = float(os.environ.get("PINRANK_TIMEOUT_S", "10"))
@@ -51,11 +59,26 @@ def bucket_name(n: int) -> str:
 REQUESTS: list[RankRequest] = []
 
 
+GATES = gates_from_env()
+log = logging.getLogger("pinrank.loadtest")
+
+
 @events.init.add_listener
 def _on_init(**_: object) -> None:
     # Once per process, before any user starts: validation and array building
     # stay out of the timed loop.
     REQUESTS.extend(_load_requests())
+
+
+@events.quitting.add_listener
+def _slo_gate(environment: Any, **_: object) -> None:
+    """The same verdict as run_loadtest.py, as locust's exit code."""
+    total = environment.stats.total
+    p99 = total.get_response_time_percentile(0.99) if total.num_requests else float("nan")
+    problems = violations(total.num_requests, total.num_failures, float(p99), **GATES)
+    if problems:
+        log.error("SLO gate failed: %s", "; ".join(problems))
+        environment.process_exit_code = 1
 
 
 class TritonRankUser(User):
@@ -80,7 +103,7 @@ class TritonRankUser(User):
             resp = self.client.rank_request(req)
             if not resp.items:
                 exc = RuntimeError("empty response")
-        except PinrankError as e:
+        except Exception as e:  # every exception is a failed call, never a silent task error
             exc = e
         events.request.fire(
             request_type="triton-http", name=bucket_name(req.candidate_ids.size),

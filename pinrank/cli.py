@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pinrank.demo:demo",
              "Start the bundled tritonserver on free localhost ports, rank candidates for a few held-out users "
              "through the pinrank-client SDK (gRPC), print the rankings and latency, write OUT, and stop the server."),
+    "trace": ("pinrank.serving.trace:trace",
+              "Print per-step timings of traced requests (`pinrank serve --trace-file FILE`)."),
     "eval": ("pinrank.eval.cli:eval_group",
              "Measure retrieval quality with the field's protocols (docs/results.md, \"Real logs\")."),
 }
@@ -72,7 +74,7 @@ class LazyGroup(click.Group):
             formatter.write_dl([(name, cmd.get_short_help_str(limit)) for name, cmd in rows])
 
 
-@click.group(cls=LazyGroup, lazy=COMMANDS)
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pinrank")
 def main() -> None:
     """pinrank: PinnerFormer + realtime-sequence ranking, served on Triton."""

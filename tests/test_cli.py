@@ -16,11 +16,12 @@ COMMANDS = [[], ["data"], ["data", "synth"], ["train"], ["train", "pinnerformer"
             ["embed"], ["embed-merge"], ["export"], ["serve"], ["demo"]]
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h"])
 @pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a) or "pinrank")
-def test_every_command_has_help(args):
-    result = CliRunner().invoke(main, [*args, "--help"])
+def test_every_command_has_help(args, flag):
+    result = CliRunner().invoke(main, [*args, flag])
     assert result.exit_code == 0, result.output
-    assert "Usage:" in result.output and "--help" in result.output
+    assert "Usage:" in result.output and "-h, --help" in result.output
 
 
 @pytest.mark.parametrize("name", [*LAZY_COMMANDS, *TRAIN_COMMANDS])

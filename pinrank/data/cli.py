@@ -22,7 +22,7 @@ from pinrank.data.importers import FORMATS, import_source
 from pinrank.data.synthetic import QUICK, SyntheticConfig, generate
 
 
-@click.group("data")
+@click.group("data", context_settings={"help_option_names": ["-h", "--help"]})
 def data() -> None:
     """Make, import and validate pinrank datasets.
 

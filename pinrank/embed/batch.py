@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from pinrank.backend import schema
 from pinrank.backend.hashing import sha256_of
@@ -185,12 +186,12 @@ def day_boundaries(start_ms: int, end_ms: int) -> list[int]:
 
 
 def build_daily_snapshots(source: str | Path | PinnerFormer, dataset: Dataset, start_ms: int, end_ms: int,
-                          batch_size: int = 64) -> list[UserSnapshot]:
+                          batch_size: int = 64, progress: bool = False) -> list[UserSnapshot]:
     """One snapshot per UTC day boundary (`day_boundaries`), chained incrementally."""
     model, source_id = resolve_model(source, dataset)
     timelines = UserTimelines(dataset, model.config.sequence_actions)
     snaps: list[UserSnapshot] = []
-    for t in day_boundaries(start_ms, end_ms):
+    for t in tqdm(day_boundaries(start_ms, end_ms), desc="daily snapshots", unit="day", disable=not progress):
         snaps.append(_snapshot(model, source_id, timelines, t, snaps[-1] if snaps else None, batch_size))
     return snaps
 

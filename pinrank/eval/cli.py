@@ -52,7 +52,7 @@ def _write(out: Path, report: dict[str, Any]) -> None:
     out.write_text(json.dumps(report, indent=2))
 
 
-@click.group("eval")
+@click.group("eval", context_settings={"help_option_names": ["-h", "--help"]})
 def eval_group() -> None:
     """Measure retrieval quality with the field's protocols (docs/results.md, "Real logs")."""
 

@@ -74,10 +74,18 @@ log = logging.getLogger("pinrank.serve")
                    "dead stubs (each leaks memory inside Triton 2.51). 0: never.")
 @click.option("--restart-window", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
               help="Seconds over which restarts are counted for --max-restarts and backoff.")
+@click.option("--log-verbose", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Triton's log verbosity (1: each request's scheduling through the models; higher: more).")
+@click.option("--trace-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Trace requests into FILE.0, FILE.1, ... (Triton TIMESTAMPS traces, one request per file); "
+                   "`pinrank trace FILE` prints each request's per-step timings.")
+@click.option("--trace-rate", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --trace-file: trace every Nth request.")
 def serve(repository: Path, http_port: int, grpc_port: int, metrics_port: int, health_port: int, log_path: Path,
           startup_timeout: float, host: str, proxy: bool | None, proxy_http_port: int, proxy_grpc_port: int,
           proxy_metrics_port: int, admin_key_file: Path | None, model_control: str,
-          max_restarts: int, recycle_after_reloads: int, restart_window: float) -> None:
+          max_restarts: int, recycle_after_reloads: int, restart_window: float, log_verbose: int,
+          trace_file: Path | None, trace_rate: int) -> None:
     """Serve the pinrank ensemble on 127.0.0.1 (or --host) until Ctrl-C or SIGTERM.
 
     tritonserver is supervised: when it exits or hangs (liveness probe), it is
@@ -86,9 +94,9 @@ def serve(repository: Path, http_port: int, grpc_port: int, metrics_port: int, h
     after --max-restarts within --restart-window. Each restart is logged
     with its cause and the server's last log lines.
 
-    Model control, model config, shared-memory, trace and logging APIs need
-    the admin key (header `pinrank-admin-key`); inference, health, metadata
-    and statistics don't. The key is $PINRANK_ADMIN_KEY, else the one in
+    Model control, shared-memory, trace and logging APIs need the admin key
+    (header `pinrank-admin-key`); inference, health, metadata, model config
+    (read) and statistics don't. The key is $PINRANK_ADMIN_KEY, else the one in
     --admin-key-file (generated there on first use). Uses the tritonserver
     binary bundled in the nvidia-pytriton wheel (CPU). For GPUs, serve
     `model_repository/gpu` in NVIDIA's Triton container instead: see
@@ -124,7 +132,9 @@ def serve(repository: Path, http_port: int, grpc_port: int, metrics_port: int, h
     try:
         server = TritonServer(repository, Ports(http_port, grpc_port, metrics_port), log_path=log_path,
                               host=host_for_triton,
-                              admin_key_file=admin_key_file, model_control=model_control)  # type: ignore[arg-type]
+                              admin_key_file=admin_key_file, model_control=model_control,  # type: ignore[arg-type]
+                              log_verbose=log_verbose, trace_file=trace_file.resolve() if trace_file else None,
+                              trace_rate=trace_rate)
         server.start(timeout_s=startup_timeout)
     except ServerError as exc:
         raise click.ClickException(str(exc)) from None
@@ -148,7 +158,9 @@ def serve(repository: Path, http_port: int, grpc_port: int, metrics_port: int, h
         f"  metrics http://{host_for_triton}:{metrics_port}/metrics\n"
         + (f"  health  http://{host}:{health_port}/ready and /live\n" if health_port else "")
         + f"  log     {log_path}\n"
-        f"  admin   key in {where}; send it as header {ADMIN_HEADER} (gRPC: {GRPC_HEADER_PREFIX}{ADMIN_HEADER}),\n"
+        + (f"  trace   every {trace_rate} request(s) into {trace_file}.N; read with `pinrank trace {trace_file}`\n"
+           if trace_file is not None else "")
+        + f"  admin   key in {where}; send it as header {ADMIN_HEADER} (gRPC: {GRPC_HEADER_PREFIX}{ADMIN_HEADER}),\n"
         f"          e.g. {ADMIN_KEY_ENV}=... pinrank-client models --url {host}:{grpc_port}\n"
         f"          model control: {model_control}\n"
         f"  restart on exit or hang; give up after {max_restarts or 'unlimited'} restarts in {restart_window:g} s\n"

@@ -43,13 +43,18 @@ from pinrank.serving.health import (
     remove_shm_regions,
     stub_processes_in_group,
 )
+from pinrank.serving.trace import trace_args
 from pinrank_client.admin import ADMIN_HEADER, ADMIN_KEY_ENV, admin_headers
 
 #: Triton API groups that need the admin key. Health, metadata, inference and
 #: statistics stay open: the SDK, load tests and benchmarks use only those.
 #: Shared memory is closed too: registering a region makes Triton read or
 #: write whatever local segment a caller names.
-RESTRICTED_APIS: tuple[str, ...] = ("model-repository", "model-config", "shared-memory", "trace", "logging")
+#: Triton API groups behind the admin key: everything that changes the server
+#: (load/unload, shared memory, trace and log settings) or lists the repository.
+#: Reading a model's config stays open: it says no more than the metadata does,
+#: and PyTriton's ModelClient, perf_analyzer and Triton's examples read it first.
+RESTRICTED_APIS: tuple[str, ...] = ("model-repository", "shared-memory", "trace", "logging")
 #: How Triton manages models: "none" loads the repository once at startup and
 #: refuses load/unload; "explicit" loads every model at startup and then
 #: follows load/unload calls (admin key); "poll" follows the repository on disk.
@@ -59,6 +64,11 @@ MODEL_CONTROL_MODES: tuple[str, ...] = ("none", "explicit", "poll")
 _KEY_OK = re.compile(r"^[A-Za-z0-9._~+/-]{16,256}$")
 # How a crash shows in the log: Triton's signal handler, an uncaught C++ exception.
 _CRASH_LINE = re.compile(r"^(Signal \(\d+\) received|terminate called|\s+what\(\):)")
+#: Error lines every start on a machine without a GPU writes, all harmless: the
+#: bundled server is built with CUDA and finds no driver (docs/deploy.md). They
+#: stay in the log but never lead a failure report.
+CPU_HOST_NOISE = re.compile(r"CudaDriverHelper has not been initialized|CUDA driver version is insufficient"
+                            r"|no CUDA-capable device")
 
 
 class ServerError(RuntimeError):
@@ -297,6 +307,11 @@ class TritonServer:
     model_control: ModelControl = "none"
     poll_secs: int = 5
     restricted_apis: tuple[str, ...] = RESTRICTED_APIS
+    #: Triton's --log-verbose level (0: off; 1 shows each request's path through the models).
+    log_verbose: int = 0
+    #: Request traces (TIMESTAMPS) of every `trace_rate`'th request, one file each (pinrank.serving.trace).
+    trace_file: Path | None = None
+    trace_rate: int = 1
     admin_key_source: str = field(default="", init=False)
     startup_timeout_s: float = field(default=180.0, init=False)
     _log_offset: int = field(default=0, init=False, repr=False)
@@ -304,6 +319,9 @@ class TritonServer:
     def __post_init__(self) -> None:
         if self.model_control not in MODEL_CONTROL_MODES:
             raise ServerError(f"model_control must be one of {MODEL_CONTROL_MODES}, got {self.model_control!r}")
+        if self.log_verbose < 0 or self.trace_rate < 1:
+            raise ServerError(f"log_verbose must be >= 0 and trace_rate >= 1, got {self.log_verbose}, "
+                              f"{self.trace_rate}")
         self.admin_key, self.admin_key_source = resolve_admin_key(self.admin_key, self.admin_key_file)
 
     @property
@@ -350,6 +368,8 @@ class TritonServer:
             "--allow-vertex-ai=false",
             *self._control_args(),
             *self._restriction_args(),
+            *([f"--log-verbose={self.log_verbose}"] if self.log_verbose else []),
+            *(trace_args(self.trace_file, self.trace_rate) if self.trace_file is not None else []),
             *self.extra_args,
         ]
 
@@ -408,14 +428,16 @@ class TritonServer:
 
     def log_tail(self, lines: int = 8) -> str:
         """Error lines (Triton prefixes them with 'E') and model load failures
-        first, since the status table that names them scrolls past the tail.
+        first, since the status table that names them scrolls past the tail;
+        the harmless CUDA lines of a CPU host (CPU_HOST_NOISE) are left out.
         Only this run's lines: a restarted server appends to the same log."""
         if not self.log_path or not self.log_path.exists():
             return ""
         with open(self.log_path, "rb") as f:
             f.seek(self._log_offset)
             text = f.read().decode(errors="replace").splitlines()
-        errors = [t for t in text if t.startswith("E") or "UNAVAILABLE" in t or _CRASH_LINE.match(t)][-10:]
+        errors = [t for t in text if (t.startswith("E") or "UNAVAILABLE" in t or _CRASH_LINE.match(t))
+                  and not CPU_HOST_NOISE.search(t)][-10:]
         tail = [t for t in text[-lines:] if t not in errors]
         return "\n".join(errors + tail)
 

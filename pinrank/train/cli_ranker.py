@@ -44,7 +44,7 @@ def _load_snapshot_dir(root: Path) -> list:
 
 
 def _snapshots(ds, pinnerformer: Path | None, snapshots_dir: Path | None,  # type: ignore[no-untyped-def]
-               ctx: DistContext = SINGLE, from_ms: int | None = None) -> list:
+               ctx: DistContext = SINGLE, from_ms: int | None = None, progress: bool = False) -> list:
     """Daily snapshots: built from a PinnerFormer checkpoint for the days from
     `from_ms` (default: the dataset's start) on, and saved to snapshots_dir if
     given; or loaded from snapshots_dir. Data-parallel: rank 0 builds and
@@ -55,7 +55,7 @@ def _snapshots(ds, pinnerformer: Path | None, snapshots_dir: Path | None,  # typ
     if not ctx.is_main:
         return broadcast_object(None, ctx)
     start = int(ds.meta["start_ms"]) if from_ms is None else from_ms
-    snaps = embed_batch.build_daily_snapshots(pinnerformer, ds, start, int(ds.meta["end_ms"]))
+    snaps = embed_batch.build_daily_snapshots(pinnerformer, ds, start, int(ds.meta["end_ms"]), progress=progress)
     broadcast_object(snaps, ctx)
     if snapshots_dir is not None:
         for s in snaps:
@@ -141,8 +141,8 @@ def train_ranker(data: Path, pinnerformer: Path | None, no_pinnerformer: bool, s
             ds = load_dataset(data)
             cut = pinnerformer_train_cut_ms(pinnerformer) if pinnerformer is not None else None
             start = ranker_train_start(ds.train_end_ms, resolve_cut(train_start, ds) if train_start else None, cut)
-            snaps = None if no_pinnerformer else _snapshots(ds, pinnerformer, snapshots_dir, ctx, start)
-            full = build_ranker_data(ds, snaps)
+            snaps = None if no_pinnerformer else _snapshots(ds, pinnerformer, snapshots_dir, ctx, start, progress)
+            full = build_ranker_data(ds, snaps, progress=progress and ctx.is_main)
             train, evaluation = ranker_periods(full, ds.train_end_ms, start, cut)
             if ctx.is_main:
                 since = f" from {format_ms(start)}" if start is not None else ""

@@ -21,19 +21,27 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def plot_curves(history: dict[str, list[float]], path: str | Path, title: str) -> Path:
-    """Write a PNG with one panel per metric series (x = logged step index)."""
+    """Write a PNG with one panel per metric series against the training step
+    (`history["step"]`, the step each point was logged at; histories saved
+    before it was recorded fall back to the logged point's index, labelled so)."""
     import matplotlib  # noqa: PLC0415 - plots are optional output; Agg must be chosen before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415 - after matplotlib.use("Agg") above
 
-    names = [k for k, v in history.items() if v]
+    steps = history.get("step", [])
+    names = [k for k, v in history.items() if v and k != "step"]
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4.5 * max(1, len(names)), 3.4))
     axes = np.atleast_1d(axes)
     for ax, name in zip(axes, names):
-        ax.plot(history[name])
+        series = history[name]
+        if len(steps) == len(series):
+            ax.plot(steps, series)
+            ax.set_xlabel("training step")
+        else:
+            ax.plot(series)
+            ax.set_xlabel("logged point")
         ax.set_title(name)
-        ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()

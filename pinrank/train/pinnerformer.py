@@ -461,6 +461,7 @@ def train_pinnerformer(ds: Dataset, out: str | Path, cfg: PinnerFormerTrainConfi
             for key, total in window.items():
                 history[key].append(total / n)
             history["lr"].append(lr)
+            history.setdefault("step", []).append(step)
             bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", tau=f"{history['temperature'][-1]:.3f}")
             window = {"loss": 0.0, "temperature": 0.0, "batch_acc": 0.0, "n": 0}
         if step % cfg.checkpoint_every == 0:

@@ -348,6 +348,7 @@ def train_ranker(train: RankerData, item_emb: np.ndarray, model_cfg: RankerConfi
         if step % cfg.log_every == 0 or step == cfg.steps:
             history["loss"].append(float(np.mean(running)))
             history["lr"].append(float(sched.get_last_lr()[0]))
+            history.setdefault("step", []).append(step)
             bar.set_postfix(loss=f"{history['loss'][-1]:.4f}")
             running = []
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:

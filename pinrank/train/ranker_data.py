@@ -18,6 +18,7 @@ from typing import Callable, Sequence, Union
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from pinrank.backend import schema
 from pinrank.backend.featurize import context_features, featurize_history
@@ -163,7 +164,7 @@ def snapshot_lookup(snapshots: SnapshotSource) -> UserEmbFn:
 
 
 def build_ranker_data(ds: Dataset, snapshots: SnapshotSource = None, vocab: ItemVocab | None = None,
-                      seq_len: int = schema.REALTIME_SEQ_LEN) -> RankerData:
+                      seq_len: int = schema.REALTIME_SEQ_LEN, progress: bool = False) -> RankerData:
     """Featurize every request of `ds.impressions` (see module docstring)."""
     if ds.impressions is None:
         raise ValueError(f"{ds.path or 'dataset'}: has no impressions; the ranker trains on impressions")
@@ -215,7 +216,7 @@ def build_ranker_data(ds: Dataset, snapshots: SnapshotSource = None, vocab: Item
     }
     context = np.zeros((R, schema.CONTEXT_DIM), np.float32)
     start = np.maximum(lo, end - seq_len)  # only the newest seq_len can be kept
-    for r in range(R):
+    for r in tqdm(range(R), desc="featurize", unit="request", disable=not progress, mininterval=1.0):
         s, e = int(start[r]), int(end[r])
         f = featurize_history(a_item[s:e], a_act[s:e], a_surf[s:e], a_ts[s:e], int(ts_ms[r]), seq_len)
         for key in _SEQ_KEYS:

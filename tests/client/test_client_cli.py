@@ -7,7 +7,17 @@ import socket
 import pytest
 from click.testing import CliRunner
 
-from pinrank_client import Health, RankResponse, RequestTimeoutError, ServerError, cli, schema
+from pinrank_client import (
+    AccessDeniedError,
+    Health,
+    ModelStats,
+    RankResponse,
+    RequestTimeoutError,
+    ServerError,
+    ServerUnavailableError,
+    cli,
+    schema,
+)
 
 NOW = 1_718_000_000_000
 
@@ -31,7 +41,9 @@ def one_error_line(result):
     return lines[0]
 
 
-@pytest.mark.parametrize("args", [["--help"], ["rank", "--help"], ["health", "--help"], ["models", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["rank", "--help"], ["health", "--help"], ["models", "--help"], ["stats", "--help"]]
+)
 def test_help(args):
     result = run(*args)
     assert result.exit_code == 0, result.output
@@ -151,6 +163,27 @@ class FakeClient:
 
     def health_all(self):
         return [FakeClient.health_status]
+
+    def stats(self):
+        return list(FAKE_STATS)
+
+
+def model_stats(model, requests, total_ms, version="1"):
+    # queue, input, infer and output split total_ms 10/5/80/5 %.
+    split = [total_ms * f for f in (0.1, 0.05, 0.8, 0.05)]
+    return ModelStats(model, version, requests, requests // 10, requests // 2, *split, total_ms,
+                      url="grpc://fake:1")
+
+
+# In the server's order (by name), which the CLI puts in pipeline order.
+FAKE_STATS = [
+    model_stats("extra", 0, 0.0),
+    model_stats("pinrank", 120, 12.5),
+    model_stats("postprocess", 120, 1.25),
+    model_stats("preprocess", 120, 2.0),
+    model_stats("ranker", 124, 8.0, version="2"),
+    model_stats("ranker", 3, 9.0, version="10"),
+]
 
 
 @pytest.fixture
@@ -291,3 +324,83 @@ def test_several_unreachable_servers_exit_3_with_one_line():
     assert all(f"grpc://127.0.0.1:{p} is unavailable" in line for p in ports)
     result = run("rank", "--url", urls, "--retries", "1", "--user-id", "1", "--candidates", "1")
     assert result.exit_code == 3 and "is unavailable" in one_error_line(result)
+
+
+# --- stats --------------------------------------------------------------------------------
+
+
+def test_stats_table_in_pipeline_order(fake):
+    result = run("stats")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == (
+        "model        version    requests  failures   queue ms   input ms   infer ms  output ms   total ms"
+    )
+    assert lines[1:-1] == [
+        "pinrank            1         120        12      1.250      0.625     10.000      0.625     12.500",
+        "preprocess         1         120        12      0.200      0.100      1.600      0.100      2.000",
+        "ranker             2         124        12      0.800      0.400      6.400      0.400      8.000",
+        "ranker            10           3         0      0.900      0.450      7.200      0.450      9.000",
+        "postprocess        1         120        12      0.125      0.062      1.000      0.062      1.250",
+        "extra              1           0         0      0.000      0.000      0.000      0.000      0.000",
+    ]
+    assert lines[-1] == "mean per successful request since the server started, from grpc://fake:1"
+    assert result.stderr == ""
+
+
+def test_stats_json(fake):
+    result = run("stats", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(r["model"], r["version"]) for r in rows] == [
+        ("pinrank", "1"), ("preprocess", "1"), ("ranker", "2"), ("ranker", "10"), ("postprocess", "1"), ("extra", "1")
+    ]
+    assert rows[0] == {
+        "model": "pinrank", "version": "1", "requests": 120, "failures": 12, "executions": 60, "queue_ms": 1.25,
+        "compute_input_ms": 0.625, "compute_infer_ms": 10.0, "compute_output_ms": 0.625, "total_ms": 12.5,
+        "url": "grpc://fake:1",
+    }
+
+
+def test_stats_with_no_models(fake, monkeypatch):
+    monkeypatch.setattr(FakeClient, "stats", lambda self: [])
+    result = run("stats")
+    assert result.exit_code == 0 and result.stdout == "no models are loaded at grpc://fake:1\n"
+    assert json.loads(run("stats", "--json").stdout) == []
+
+
+def test_stats_takes_the_connection_options_but_no_model(fake):
+    result = run("stats", "--url", "http://ranker:8000", "--timeout", "0.5", "--retries", "0")
+    assert result.exit_code == 0, result.output
+    assert fake.kwargs["timeout_s"] == 0.5 and fake.kwargs["retries"] == 0
+    assert fake.kwargs["headers"] is None  # statistics need no admin key
+    result = run("stats", "--model", "ranker")
+    assert result.exit_code == 2 and "No such option '--model'" in one_error_line(result)
+
+
+@pytest.mark.parametrize(
+    "error, code, message",
+    [
+        (ServerUnavailableError("grpc://fake:1 is unavailable: refused"), 3, "error: grpc://fake:1 is unavailable"),
+        (RequestTimeoutError("no answer from grpc://fake:1 within 5 s"), 4, "error: no answer from grpc://fake:1"),
+        (AccessDeniedError("forbidden"), 2, "error: access denied: forbidden"),
+        (ServerError("malformed statistics from grpc://fake:1: model_stats must be a list"), 1,
+         "error: server error: malformed statistics"),
+    ],
+)
+def test_stats_failures_exit_codes(fake, monkeypatch, error, code, message):
+    def fail(self):
+        raise error
+
+    monkeypatch.setattr(FakeClient, "stats", fail)
+    result = run("stats")
+    assert result.exit_code == code, result.output
+    assert one_error_line(result).startswith(message)
+    assert result.stdout == ""
+
+
+def test_stats_with_nothing_listening_exits_3():
+    port = closed_port()
+    result = run("stats", "--url", f"http://127.0.0.1:{port}", "--retries", "0", "--timeout", "2")
+    assert result.exit_code == 3, result.output
+    assert f"http://127.0.0.1:{port} is unavailable" in one_error_line(result)

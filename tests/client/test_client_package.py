@@ -48,6 +48,7 @@ def test_public_api():
         "RankRequest",
         "RankedItem",
         "RankResponse",
+        "ModelStats",
         "PinrankError",
         "InvalidRequestError",
         "ServerUnavailableError",
@@ -120,7 +121,7 @@ def test_client_installs_alone_in_a_clean_virtualenv(tmp_path):
     check = run(str(python), "-m", "pip", "check")
     assert check.returncode == 0, check.stdout
 
-    for args in (["--help"], ["rank", "--help"], ["health", "--help"], ["models", "--help"]):
+    for args in (["--help"], ["rank", "--help"], ["health", "--help"], ["models", "--help"], ["stats", "--help"]):
         shown = run(str(cli), *args)
         assert shown.returncode == 0, shown.stderr
         assert "Usage: pinrank-client" in shown.stdout

@@ -353,7 +353,7 @@ def test_entrypoint_passes_the_restricted_api_flags(started_with):
     apis, _, keyed = started_with["--http-restricted-api"].partition(":")
     header, _, key = keyed.partition("=")
     assert key == TEST_KEY and header == "pinrank-admin-key"
-    assert set(apis.split(",")) >= {"model-repository", "model-config"}
+    assert set(apis.split(",")) >= {"model-repository", "shared-memory"}
     # Probes and the SDK's calls carry no header: these must stay open.
     assert not set(apis.split(",")) & {"health", "metadata", "inference"}
     assert started_with["--grpc-restricted-protocol"] == started_with["--http-restricted-api"]

@@ -1,7 +1,7 @@
 """pinrank-client against the real tritonserver: sync and async, gRPC and HTTP,
 every error class triggered for real (no mocks), rank_many, failover and round
-robin, connection reuse, the CLI, and a retry that succeeds after the server
-comes back on the same ports.
+robin, connection reuse, the CLI, model statistics, and a retry that succeeds
+after the server comes back on the same ports.
 
 The repository is exported from untrained inputs (tests/export_inputs.py):
 the client is under test, not ranking quality, and no training is needed.
@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from pinrank_client import (
     AsyncRankingClient,
     InvalidRequestError,
     ModelNotReadyError,
+    ModelStats,
     RankingClient,
     RankRequest,
     RankResponse,
@@ -380,6 +382,60 @@ def test_console_script(server):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["model_ready"] is True
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+
+PIPELINE = (schema.ENSEMBLE_MODEL, schema.PREPROCESS_MODEL, schema.RANKER_MODEL, schema.POSTPROCESS_MODEL)
+
+
+def stats_reaching(flavour: str, url: str, want: dict[str, int]) -> dict[str, ModelStats]:
+    """stats() once every model in `want` counts that many requests (or after 10 s).
+
+    Triton records a request's statistics when it releases the request, which
+    can be a moment after the caller got its response: a read right after the
+    last response may miss it.
+    """
+    deadline = time.monotonic() + 10.0
+    while True:
+        stats = {s.model: s for s in using(flavour, url, "stats")}
+        if all(m in stats and stats[m].requests >= n for m, n in want.items()) or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_stats_count_the_requests_ranked(server, protocol):
+    url = url_of(server, protocol)
+    sent = 5
+    for flavour in FLAVOURS:
+        before = {s.model: s for s in using(flavour, url, "stats")}
+        using(flavour, url, "rank_many", [make_request(200 + i) for i in range(sent)])
+        after = stats_reaching(flavour, url, {m: before[m].requests + sent for m in PIPELINE})
+        for model in PIPELINE:
+            stats, earlier = after[model], before[model]
+            assert (stats.version, stats.url) == ("1", url), stats
+            assert stats.requests - earlier.requests >= sent, (flavour, earlier, stats)
+            assert stats.total_ms > 0 and stats.executions >= 1, stats
+            phases = stats.queue_ms + stats.compute_input_ms + stats.compute_infer_ms + stats.compute_output_ms
+            assert 0 <= phases <= stats.total_ms * 1.01, stats  # the phases are parts of the whole
+        assert after[schema.RANKER_MODEL].compute_infer_ms > 0
+
+    runner = CliRunner()
+    table = runner.invoke(cli.main, ["stats", "--url", url])
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["model", "version", "requests", "failures", "queue", "ms", "input", "ms", "infer",
+                                "ms", "output", "ms", "total", "ms"]
+    assert [line.split()[0] for line in lines[1:-1]] == list(PIPELINE)  # the ensemble, then its steps in order
+    assert all(int(line.split()[2]) >= 2 * sent for line in lines[1:-1])
+    assert lines[-1] == f"mean per successful request since the server started, from {url}"
+    as_json = runner.invoke(cli.main, ["stats", "--url", url, "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    rows = json.loads(as_json.stdout)
+    assert [r["model"] for r in rows] == list(PIPELINE)
+    assert all(r["requests"] >= 2 * sent and r["total_ms"] > 0 and r["url"] == url for r in rows)
 
 
 # --- the server goes away and comes back (keep last: it restarts the module's server) ----------

@@ -14,6 +14,7 @@ from request_pool import build_pool
 from run_loadtest import (
     LevelStats,
     best_level,
+    first_failure,
     parse_instances,
     parse_users,
     plot,
@@ -22,6 +23,7 @@ from run_loadtest import (
     summary,
     with_instances,
 )
+from slo import MAX_FAILURE_RATIO_ENV, MAX_P99_ENV, gates_from_env
 
 from pinrank.backend import schema
 from pinrank.export.configs import profile_configs
@@ -103,6 +105,7 @@ def test_summary_and_chart(tmp_path):
     assert report["users"] == 2 and report["requests_pool"]["size"] == 30
     json.dumps(report)
     assert plot(levels, tmp_path / "c.png").stat().st_size > 1000
+    assert plot(levels[:1], tmp_path / "one.png", final=level(1, 12)).stat().st_size > 1000  # one level + final
 
 
 def test_instances_option_and_repository_copy(tmp_path):
@@ -121,3 +124,28 @@ def test_instances_option_and_repository_copy(tmp_path):
     # Untouched models keep their counts, and the source repository is not modified.
     assert count(dst, schema.POSTPROCESS_MODEL) == count(src, schema.POSTPROCESS_MODEL)
     assert count(src, schema.RANKER_MODEL) == profile_configs("cpu")[schema.RANKER_MODEL].instance_group[0].count != 3
+
+
+def test_task_errors_count_as_failed_requests(tmp_path):
+    stats = write_stats(tmp_path / "u1_stats.csv", [
+        {"Name": "Aggregated", "Request Count": 10, "Failure Count": 1, "50%": 5, "99%": 9}])
+    (tmp_path / "u1_exceptions.csv").write_text(
+        "Count,Message,Traceback,Nodes\n177,ConnectionResetError(104),tb,local\n3,ValueError(x),tb,local\n")
+    lv = read_locust_stats(stats, users=1, duration_s=5)
+    assert (lv.requests, lv.failures) == (190, 181)
+    assert first_failure(tmp_path / "u1").startswith("ConnectionResetError")
+
+
+def test_a_run_without_success_fails_whatever_the_gates():
+    assert slo_violations(level(1, 0, failures=100), None, None) == ["no request succeeded (100/100 failed)"]
+    nothing = LevelStats(users=1, duration_s=5, requests=0, failures=0, rps=0, p50_ms=float("nan"),
+                         p95_ms=float("nan"), p99_ms=float("nan"), max_ms=float("nan"), mean_ms=float("nan"))
+    assert "no request was sent" in slo_violations(nothing, None, None)[0]
+
+
+def test_gates_from_the_environment():
+    assert gates_from_env({}) == {"max_p99_ms": None, "max_failure_ratio": None}
+    assert gates_from_env({MAX_P99_ENV: "250", MAX_FAILURE_RATIO_ENV: "0"}) == {"max_p99_ms": 250.0,
+                                                                                "max_failure_ratio": 0.0}
+    with pytest.raises(ValueError, match=MAX_P99_ENV):
+        gates_from_env({MAX_P99_ENV: "fast"})

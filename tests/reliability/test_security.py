@@ -64,7 +64,8 @@ def test_binds_localhost_and_restricts_admin_apis_by_default(tmp_path):
         assert flag(cmd, option) == "127.0.0.1"
     rule = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={KEY}"
     assert flag(cmd, "--http-restricted-api") == rule and flag(cmd, "--grpc-restricted-protocol") == rule
-    assert {"model-repository", "model-config", "shared-memory"} <= set(RESTRICTED_APIS)
+    assert {"model-repository", "shared-memory", "trace", "logging"} <= set(RESTRICTED_APIS)
+    assert "model-config" not in RESTRICTED_APIS  # read-only, and what standard tools read first
     assert not {"inference", "health", "metadata"} & set(RESTRICTED_APIS)  # what the SDK calls
     assert flag(cmd, "--allow-sagemaker") == "false" and flag(cmd, "--allow-vertex-ai") == "false"
     assert not any(a.startswith("--model-control-mode") for a in cmd)  # none: no load/unload at all
@@ -153,8 +154,9 @@ def test_model_control_needs_the_admin_key(explicit_server, protocol):
         lambda h: client.get_model_repository_index(headers=h),
         lambda h: client.unload_model(model, headers=h),
         lambda h: client.load_model(model, headers=h),
-        lambda h: client.get_model_config(model, headers=h),
         lambda h: client.get_system_shared_memory_status(headers=h),
+        lambda h: client.get_trace_settings(headers=h),
+        lambda h: client.get_log_settings(headers=h),
     ]
     for call in refused:
         for headers in (None, {ADMIN_HEADER: "wrong-key-0123456789"}, {"x-other": KEY}):
@@ -164,6 +166,7 @@ def test_model_control_needs_the_admin_key(explicit_server, protocol):
     # Open without a key: what ranking clients and probes use.
     assert client.is_server_live() and client.is_server_ready()
     assert client.get_model_metadata("pinrank") and client.get_inference_statistics("pinrank")
+    assert client.get_model_config(model)  # read-only: what PyTriton, perf_analyzer and Triton's examples read
     # With the key: the repository index, unload and load work.
     admin = explicit_server.admin_headers
     index = client.get_model_repository_index(headers=admin, **({"as_json": True} if protocol == "grpc" else {}))

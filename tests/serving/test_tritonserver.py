@@ -75,3 +75,20 @@ def test_server_that_fails_to_load_reports_its_log(tmp_path):
     # The model's own error, not just its name: what a user needs to fix it.
     assert "broken" in str(err.value) and "boom at import" in str(err.value), str(err.value)
     assert not server.is_running()
+
+
+def test_a_failure_report_leads_with_real_errors_not_cpu_host_noise(tmp_path):
+    log = tmp_path / "tritonserver.log"
+    log.write_text(
+        'W1203 16:34:00.056660 1 pinned_memory_manager.cc:273] "Unable to allocate pinned system memory: '
+        'CUDA driver version is insufficient for CUDA runtime version"\n'
+        'E1203 16:34:00.056807 1 server.cc:241] "CudaDriverHelper has not been initialized."\n'
+        'E1203 16:34:00.862721 1 ensemble_scheduler.cc:1468] "unable to create stream for pinrank: CUDA driver '
+        'version is insufficient for CUDA runtime version"\n'
+        'E1203 16:34:01.000000 1 model_lifecycle.cc:654] "failed to load \'ranker\': bad model.py"\n'
+        + "".join(f"I1203 16:34:02.0000{i} 1 server.cc:1] \"line {i}\"\n" for i in range(12)))
+    report = TritonServer(tmp_path, Ports(1, 2, 3), admin_key="k" * 32, log_path=log).log_tail(lines=4)
+    first = report.splitlines()[0]
+    assert "failed to load 'ranker'" in first, report
+    assert "CudaDriverHelper" not in report and "insufficient" not in report
+    assert report.splitlines()[-1].endswith('"line 11"')

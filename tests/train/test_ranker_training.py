@@ -241,6 +241,7 @@ def test_loss_decreases_and_model_beats_chance(ds: Dataset, tmp_path):
                        out=tmp_path / "r.pt", eval_data=ev, curve=tmp_path / "c.png", progress=False)
     loss = res.history["loss"]
     assert np.mean(loss[-3:]) < 0.8 * np.mean(loss[:2])
+    assert res.history["step"] == list(range(10, 121, 10))  # the curve's x axis: steps, not point indices
     for head in ("save", "click", "hide"):
         assert res.metrics[head]["auc"] > 0.6, res.metrics
     assert res.metrics["click"]["hit@3"] > res.metrics["click"]["hit@3_random"]
@@ -319,7 +320,7 @@ def test_cli_builds_daily_snapshots_from_pinnerformer(ds: Dataset, tmp_path, mon
     # Patched where the CLI looks them up at call time, so a stub checkpoint file will do.
     calls = []
 
-    def fake_build(source, dataset, start_ms, end_ms):
+    def fake_build(source, dataset, start_ms, end_ms, progress=False):
         calls.append((source, start_ms, end_ms))
         days = range(int(start_ms) // MS_PER_DAY * MS_PER_DAY, int(end_ms), MS_PER_DAY)
         return [random_snapshot(np.arange(60), d, i) for i, d in enumerate(days)]

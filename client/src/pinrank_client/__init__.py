@@ -26,7 +26,7 @@ from pinrank_client.errors import (
     ServerError,
     ServerUnavailableError,
 )
-from pinrank_client.types import Action, ActionHistory, RankedItem, RankRequest, RankResponse
+from pinrank_client.types import Action, ActionHistory, ModelStats, RankedItem, RankRequest, RankResponse
 from pinrank_client.validation import validate_request
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "RankRequest",
     "RankedItem",
     "RankResponse",
+    "ModelStats",
     "PinrankError",
     "InvalidRequestError",
     "InvalidArgumentError",

@@ -40,7 +40,7 @@ from pinrank_client._triton import (
 )
 from pinrank_client._url import Endpoint
 from pinrank_client.errors import PinrankError
-from pinrank_client.types import Action, ActionHistory, RankRequest, RankResponse
+from pinrank_client.types import Action, ActionHistory, ModelStats, RankRequest, RankResponse, parse_model_stats
 
 __all__ = ["AsyncRankingClient"]
 
@@ -108,7 +108,13 @@ class AsyncRankingClient(ClientBase):
                 kwargs["headers"] = self.headers
             if self.protocol == "grpc":
                 return await fn(*args, client_timeout=timeout_s, **kwargs)
-            return await asyncio.wait_for(fn(*args, **kwargs), timeout_s)
+            start = time.monotonic()
+            result = await asyncio.wait_for(fn(*args, **kwargs), timeout_s)
+            # wait_for returns an answer that is ready when the loop gets to it,
+            # even past the deadline (a busy CPU): late all the same.
+            if time.monotonic() - start > timeout_s:
+                raise TimeoutError("timed out")
+            return result
         except PinrankError:
             raise
         except Exception as exc:  # CancelledError is a BaseException: cancellation passes through
@@ -280,6 +286,13 @@ class AsyncRankingClient(ClientBase):
             "get_model_repository_index", timeout_s=self._deadline(timeout_s), **self._meta_kw()
         )
         return normalize_index(index)
+
+    async def stats(self, *, timeout_s: float | None = None) -> list[ModelStats]:
+        """Each model's inference statistics; see RankingClient.stats."""
+        data, endpoint, _ = await self._retrying(
+            "get_inference_statistics", timeout_s=self._deadline(timeout_s), **self._meta_kw()
+        )
+        return parse_model_stats(data, url=endpoint.url)
 
     async def close(self) -> None:
         """Close every connection. Calls after close() raise PinrankError."""

@@ -1,4 +1,4 @@
-"""`pinrank-client`: rank, health and models from the command line.
+"""`pinrank-client`: rank, health, models and stats from the command line.
 
 Every failure ends as one `error: ...` line on stderr and an exit code a
 script can branch on; tracebacks are for bugs in this file, not for users.
@@ -30,7 +30,7 @@ from pinrank_client.errors import (
     ServerError,
     ServerUnavailableError,
 )
-from pinrank_client.types import RankRequest, RankResponse
+from pinrank_client.types import ModelStats, RankRequest, RankResponse
 
 EXIT_OK = 0
 EXIT_SERVER_ERROR = 1
@@ -158,7 +158,8 @@ class _Seconds(click.ParamType):
             self.fail(f"{text} is not in (0, {MAX_SECONDS:g}] seconds", param, ctx)
 
 
-def _server_options(f: F) -> F:
+def _connection_options(f: F) -> F:
+    """--url, --protocol, --timeout, --retries: what every command takes."""
     options = [
         click.option(
             "--url",
@@ -184,11 +185,20 @@ def _server_options(f: F) -> F:
             show_default=True,
             help="Extra attempts (with backoff, or on the next server) while servers are unreachable.",
         ),
-        click.option("--model", "model_name", default=schema.ENSEMBLE_MODEL, show_default=True, help="Model to call."),
     ]
     for option in reversed(options):
         f = option(f)
     return f
+
+
+_model_option = click.option(
+    "--model", "model_name", default=schema.ENSEMBLE_MODEL, show_default=True, help="Model to call."
+)
+
+
+def _server_options(f: F) -> F:
+    """The connection options and --model, for the commands that call one model."""
+    return _connection_options(_model_option(f))
 
 
 def _client(
@@ -229,6 +239,7 @@ def main() -> None:
       pinrank-client rank --url http://ranker-a:8000,http://ranker-b:8000 \\
           --request-file req.json --json
       pinrank-client models --json
+      pinrank-client stats --url localhost:8001
 
     Run `pinrank-client COMMAND --help` for each command's options.
 
@@ -499,3 +510,77 @@ def models(
 
 def _contract(metadata: dict[str, Any]) -> list[str]:
     return contract_mismatches(metadata)
+
+
+# --- stats --------------------------------------------------------------------
+
+# The ensemble's steps in the order a request goes through them.
+_STEPS = (schema.PREPROCESS_MODEL, schema.RANKER_MODEL, schema.POSTPROCESS_MODEL)
+
+
+def _pipeline_key(s: ModelStats) -> tuple[int, str, int, str]:
+    """Sorts the ensemble first, then its steps in pipeline order, then any other model by name."""
+    order = (schema.ENSEMBLE_MODEL, *_STEPS)
+    rank = order.index(s.model) if s.model in order else len(order)
+    version = int(s.version) if s.version.isascii() and s.version.isdigit() else -1
+    return rank, s.model, version, s.version
+
+
+def _print_stats(stats: list[ModelStats]) -> None:
+    width = max([len(s.model) for s in stats] + [5])
+    times = "".join(f"  {t:>9}" for t in ("queue ms", "input ms", "infer ms", "output ms", "total ms"))
+    click.echo(f"{'model':<{width}}  {'version':>7}  {'requests':>10}  {'failures':>8}{times}")
+    for s in stats:
+        means = (s.queue_ms, s.compute_input_ms, s.compute_infer_ms, s.compute_output_ms, s.total_ms)
+        click.echo(
+            f"{s.model:<{width}}  {s.version:>7}  {s.requests:>10}  {s.failures:>8}"
+            + "".join(f"  {m:>9.3f}" for m in means)
+        )
+    click.echo(f"mean per successful request since the server started, from {stats[0].url}")
+
+
+@main.command()
+@_connection_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per model, instead of a table.")
+def stats(url: str, protocol: str | None, timeout_s: float, retries: int, as_json: bool) -> int:
+    """Show each model's request counts and mean time per request.
+
+    One row per model on the server: the `pinrank` ensemble, timed from a
+    request's arrival to its response, then each of its steps (preprocess,
+    ranker, postprocess). Counts are cumulative since the server started.
+
+    \b
+    Columns:
+      requests   successful requests
+      failures   failed requests
+      queue ms   waiting for a model instance
+      input ms   preparing the inputs (e.g. copying them to the GPU)
+      infer ms   running the model
+      output ms  extracting the outputs
+      total ms   arrival to response
+
+    Times are means per successful request, in milliseconds. For a step the
+    four phases add up to about the total; for the ensemble they need not,
+    and its steps' rows show where the time went. A step may count more
+    requests than the ensemble (warm-up requests at load count too). --json
+    adds `executions` (fewer than requests when the server batches them) and
+    `url`.
+
+    The statistics API needs no admin key. With several comma-separated
+    --url values one server answers (the last line names it): give one --url
+    to read a particular server's.
+
+    \b
+    Examples:
+      pinrank-client stats --url localhost:8001
+      pinrank-client stats --url http://localhost:8000 --json
+    """
+    with _client(url, protocol, timeout_s, retries, schema.ENSEMBLE_MODEL) as client:
+        rows = sorted(client.stats(), key=_pipeline_key)
+    if as_json:
+        _echo_json([s.to_dict() for s in rows])
+    elif rows:
+        _print_stats(rows)
+    else:
+        click.echo(f"no models are loaded at {client.url}")
+    return EXIT_OK

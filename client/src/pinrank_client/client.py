@@ -45,7 +45,7 @@ from pinrank_client._triton import (
 )
 from pinrank_client._url import Endpoint
 from pinrank_client.errors import PinrankError
-from pinrank_client.types import Action, ActionHistory, RankRequest, RankResponse
+from pinrank_client.types import Action, ActionHistory, ModelStats, RankRequest, RankResponse, parse_model_stats
 
 # The defaults stay importable from here: they are RankingClient's, and the CLI
 # and callers import them with it.
@@ -172,8 +172,14 @@ class RankingClient(ClientBase):
             # OSError subclass on purpose: geventhttpclient gives the pooled
             # socket back on socket errors, and would leak it on a bare
             # gevent.Timeout (a BaseException), hanging the next call.
+            start = time.monotonic()
             with gevent.Timeout(timeout_s, TimeoutError("timed out")):
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
+            # gevent fires the timer only while the call waits: an answer read in
+            # one go after the deadline (a busy CPU) is late all the same.
+            if time.monotonic() - start > timeout_s:
+                raise TimeoutError("timed out")
+            return result
         except PinrankError:
             raise
         except Exception as exc:
@@ -377,6 +383,19 @@ class RankingClient(ClientBase):
             "get_model_repository_index", timeout_s=self._deadline(timeout_s), **self._meta_kw()
         )
         return normalize_index(index)
+
+    def stats(self, *, timeout_s: float | None = None) -> list[ModelStats]:
+        """Each model's inference statistics since the server started: the
+        ensemble and each of its steps, one ModelStats per model version.
+
+        Served without the admin key. With several servers, the one whose turn
+        it is answers (ModelStats.url says which): give one URL to read a
+        particular server's.
+        """
+        data, endpoint, _ = self._retrying(
+            "get_inference_statistics", timeout_s=self._deadline(timeout_s), **self._meta_kw()
+        )
+        return parse_model_stats(data, url=endpoint.url)
 
     # -- lifecycle --------------------------------------------------------
 

@@ -10,7 +10,7 @@ wire format: a load test can hand numpy arrays straight through.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, overload
 
 import numpy as np
@@ -21,7 +21,16 @@ from pinrank_client.errors import InvalidRequestError, ServerError
 
 IntArray = NDArray[np.int64]
 
-__all__ = ["Action", "ActionHistory", "RankRequest", "RankedItem", "RankResponse", "now_ms"]
+__all__ = [
+    "Action",
+    "ActionHistory",
+    "RankRequest",
+    "RankedItem",
+    "RankResponse",
+    "ModelStats",
+    "parse_model_stats",
+    "now_ms",
+]
 
 # Tensor names this module fills; tests check they are exactly the schema's
 # REQUEST_INPUTS / RESPONSE_OUTPUTS, so a contract change cannot slip past.
@@ -521,3 +530,124 @@ def _short(value: float) -> float:
     # The server computes in float32: print the shortest decimal that maps back
     # to the same float32 (0.1, not 0.10000000149011612).
     return float(str(np.float32(value)))
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """One model version's inference statistics, cumulative since the server started.
+
+    `requests` and `failures` count inference requests that succeeded and
+    failed (a step can count more than the ensemble: requests the server
+    sends itself, such as warm-up at load, count too); `executions` counts
+    model executions, fewer than requests when the server batches them. The
+    `*_ms` fields are means per successful request in milliseconds: each
+    cumulative time divided by `requests` (0.0 while it is 0). `total_ms` is
+    arrival to response. For a step, queue + compute_input + compute_infer +
+    compute_output add up to about `total_ms`; for the ensemble they need not
+    (Triton's own accounting for ensembles): its steps' rows show where the
+    time went. `url` is the server that reported them. Triton records a
+    request when it releases it, which can be a moment after its response
+    was sent: a read right after a call may not count that call yet.
+    """
+
+    model: str
+    version: str
+    requests: int
+    failures: int
+    executions: int
+    queue_ms: float  # waiting for a model instance (scheduler and batcher queues)
+    compute_input_ms: float  # preparing the inputs for the backend (e.g. copying them to the GPU)
+    compute_infer_ms: float  # running the model
+    compute_output_ms: float  # extracting the outputs from the backend
+    total_ms: float
+    url: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what `pinrank-client stats --json` prints, one per model)."""
+        # Rounded to the nanosecond: the server counts no finer.
+        return {k: round(v, 6) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+def _stats_error(url: str, path: str, problem: str) -> ServerError:
+    source = f" from {url}" if url else ""
+    return ServerError(f"malformed statistics{source}: {path} {problem}")
+
+
+def _stats_mapping(value: object, path: str, url: str) -> Mapping[str, Any]:
+    # gRPC's JSON leaves out what is zero or empty, so a missing object reads as an empty one.
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _stats_error(url, path, f"must be an object, got {type(value).__name__}")
+    return value
+
+
+def _stats_count(value: object, path: str, url: str) -> int:
+    """A count or nanosecond total: an int, or (gRPC's JSON renders 64-bit numbers so) a string of digits."""
+    if value is None:
+        return 0  # left out by gRPC's JSON because it is 0
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise _stats_error(url, path, f"must be a non-negative integer, got {value!r}")
+
+
+def _duration(stats: Mapping[str, Any], key: str, path: str, url: str) -> tuple[int, int]:
+    """(count, ns) of one entry of a model's inference_stats ("success", "queue"...)."""
+    where = f"{path}.inference_stats.{key}"
+    item = _stats_mapping(stats.get(key), where, url)
+    return _stats_count(item.get("count"), f"{where}.count", url), _stats_count(item.get("ns"), f"{where}.ns", url)
+
+
+def _mean_ms(total_ns: int, count: int) -> float:
+    return total_ns / count / 1e6 if count else 0.0
+
+
+def _model_stats(entry: object, path: str, url: str) -> ModelStats:
+    model = _stats_mapping(entry, path, url)
+    name = model.get("name")
+    if not isinstance(name, str) or not name:
+        raise _stats_error(url, f"{path}.name", f"must be a model name, got {name!r}")
+    version = model.get("version", "")
+    if isinstance(version, int) and not isinstance(version, bool):
+        version = str(version)
+    if not isinstance(version, str):
+        raise _stats_error(url, f"{path}.version", f"must be a version string, got {version!r}")
+    stats = _stats_mapping(model.get("inference_stats"), f"{path}.inference_stats", url)
+    requests, total_ns = _duration(stats, "success", path, url)
+    failures, _ = _duration(stats, "fail", path, url)
+    # Per successful request (Triton times these phases for successful requests only).
+    queue, compute_input, compute_infer, compute_output = (
+        _mean_ms(_duration(stats, key, path, url)[1], requests)
+        for key in ("queue", "compute_input", "compute_infer", "compute_output")
+    )
+    return ModelStats(
+        model=name,
+        version=version,
+        requests=requests,
+        failures=failures,
+        executions=_stats_count(model.get("execution_count"), f"{path}.execution_count", url),
+        queue_ms=queue,
+        compute_input_ms=compute_input,
+        compute_infer_ms=compute_infer,
+        compute_output_ms=compute_output,
+        total_ms=_mean_ms(total_ns, requests),
+        url=url,
+    )
+
+
+def parse_model_stats(data: object, *, url: str = "") -> list[ModelStats]:
+    """One ModelStats per model version in Triton's statistics JSON, in the server's order.
+
+    `data` is what tritonclient's get_inference_statistics() returns: HTTP's
+    JSON, or gRPC's with as_json=True, where 64-bit numbers are strings and
+    zero-valued fields are left out (both are read). `url` names the server
+    in the result and in errors. Raises ServerError if `data` is not that shape.
+    """
+    if not isinstance(data, Mapping):
+        raise _stats_error(url, "the response", f"must be an object, got {type(data).__name__}")
+    entries = data.get("model_stats", [])
+    if not isinstance(entries, list):
+        raise _stats_error(url, "model_stats", f"must be a list, got {type(entries).__name__}")
+    return [_model_stats(entry, f"model_stats[{i}]", url) for i, entry in enumerate(entries)]
