@@ -40,15 +40,15 @@ from pinrank.models.pinnerformer import (
 
 @torch.inference_mode()
 def user_embeddings(model: PinnerFormer, timelines: UserTimelines, rows: np.ndarray, as_of_ms: int | np.ndarray,
-                    batch_size: int = 64) -> np.ndarray:
+                    batch_size: int = 64, progress: bool = False) -> np.ndarray:
     """[len(rows), D] embeddings of timeline rows from their last max_len actions before as_of_ms."""
     rows = np.asarray(rows, dtype=np.int64)
-    return embeddings_at(model, timelines, rows, timelines.ends_before(rows, as_of_ms), batch_size)
+    return embeddings_at(model, timelines, rows, timelines.ends_before(rows, as_of_ms), batch_size, progress)
 
 
 @torch.inference_mode()
 def embeddings_at(model: PinnerFormer, timelines: UserTimelines, rows: np.ndarray, ends: np.ndarray,
-                  batch_size: int = 64) -> np.ndarray:
+                  batch_size: int = 64, progress: bool = False) -> np.ndarray:
     """[len(rows), D] embeddings of timeline rows whose input ends (exclusive) at flat index `ends`:
     for protocols that cut a user's history at an action rather than at a time."""
     was_training = model.training
@@ -58,7 +58,8 @@ def embeddings_at(model: PinnerFormer, timelines: UserTimelines, rows: np.ndarra
     out = np.zeros((rows.size, model.config.out_dim), dtype=np.float32)
     # Batching users of similar length wastes less padding; outputs do not depend on it.
     order = np.argsort(ends - timelines.offsets[rows], kind="stable")
-    for i in range(0, order.size, batch_size):
+    for i in tqdm(range(0, order.size, batch_size), desc="embed users", unit="batch", disable=not progress,
+                  mininterval=1.0):
         sel = order[i: i + batch_size]
         out[sel] = model.embed_users(**to_tensors(timelines.batch(rows[sel], ends[sel], model.max_len))).numpy()
     model.train(was_training)
@@ -155,14 +156,14 @@ def assemble_snapshot(computed_ids: np.ndarray, computed_emb: np.ndarray, carrie
 
 
 def _snapshot(model: PinnerFormer, source_id: str, timelines: UserTimelines, as_of_ms: int,
-              previous: UserSnapshot | None, batch_size: int) -> UserSnapshot:
+              previous: UserSnapshot | None, batch_size: int, progress: bool = False) -> UserSnapshot:
     compute, carried_ids, carried_emb, meta = plan_snapshot(model, source_id, timelines, as_of_ms, previous)
-    emb = user_embeddings(model, timelines, compute, as_of_ms, batch_size)
+    emb = user_embeddings(model, timelines, compute, as_of_ms, batch_size, progress)
     return assemble_snapshot(timelines.user_ids[compute], emb, carried_ids, carried_emb, meta, previous is not None)
 
 
 def build_snapshot(source: str | Path | PinnerFormer, dataset: Dataset, as_of_ms: int,
-                   previous: UserSnapshot | None = None, batch_size: int = 64) -> UserSnapshot:
+                   previous: UserSnapshot | None = None, batch_size: int = 64, progress: bool = False) -> UserSnapshot:
     """Embed users from their last M actions strictly before `as_of_ms`.
 
     `source` is a "pinnerformer" checkpoint path (meta source_checkpoint =
@@ -174,7 +175,7 @@ def build_snapshot(source: str | Path | PinnerFormer, dataset: Dataset, as_of_ms
     """
     model, source_id = resolve_model(source, dataset)
     timelines = UserTimelines(dataset, model.config.sequence_actions)
-    return _snapshot(model, source_id, timelines, int(as_of_ms), previous, batch_size)
+    return _snapshot(model, source_id, timelines, int(as_of_ms), previous, batch_size, progress)
 
 
 def day_boundaries(start_ms: int, end_ms: int) -> list[int]:

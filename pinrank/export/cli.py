@@ -14,6 +14,7 @@ from typing import Any
 import click
 import numpy
 import torch
+from tqdm import tqdm
 
 from pinrank.backend import schema
 from pinrank.backend.hashing import sha256_of
@@ -244,7 +245,7 @@ def _export_formats(module: Any, num_items: int, staging: Path, attempt: list[st
         entries[fmt] = {"passed": False, "error": msg}
         click.echo(f"warning: optional {fmt} export failed and is not shipped: {msg}", err=True)
 
-    for fmt in attempt:
+    for fmt in tqdm(attempt, desc="export + parity gate", unit="format"):
         if fmt == "torchscript":
             try:
                 path, report = export_torchscript(module, staging / "ranker.pt", num_items, tolerance)

@@ -167,8 +167,9 @@ def _parse_day(value: str) -> int:
                    "--previous to every shard.")
 @click.option("--shard-index", type=click.IntRange(min=0), default=None,
               help="Which shard (0 .. --num-shards - 1) this process embeds.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="A progress bar over user batches.")
 def embed(checkpoint: Path, data: Path, out: Path, as_of: str | None, previous: Path | None, batch_size: int,
-          threads: int | None, num_shards: int | None, shard_index: int | None) -> None:
+          threads: int | None, num_shards: int | None, shard_index: int | None, progress: bool) -> None:
     """Build the daily user-embedding snapshot that serving reads.
 
     Sharded: run `--num-shards N --shard-index I` as N independent processes,
@@ -197,7 +198,7 @@ def embed(checkpoint: Path, data: Path, out: Path, as_of: str | None, previous: 
         # Embedding runs on CPU, so the group only moves shards: gloo even on GPU hosts.
         with distributed_from_env("gloo") as ctx:
             if not ctx.enabled:
-                snap = build_snapshot(checkpoint, ds, as_of_ms, prev, batch_size=batch_size)
+                snap = build_snapshot(checkpoint, ds, as_of_ms, prev, batch_size=batch_size, progress=progress)
             else:
                 shard = build_shard(checkpoint, ds, as_of_ms, ctx.rank, ctx.world_size, prev, batch_size=batch_size)
                 shard.origin = f"rank {ctx.rank}"

@@ -11,6 +11,7 @@ from pinrank_client import (
     AccessDeniedError,
     Health,
     ModelStats,
+    RankingClient,
     RankResponse,
     RequestTimeoutError,
     ServerError,
@@ -404,3 +405,15 @@ def test_stats_with_nothing_listening_exits_3():
     result = run("stats", "--url", f"http://127.0.0.1:{port}", "--retries", "0", "--timeout", "2")
     assert result.exit_code == 3, result.output
     assert f"http://127.0.0.1:{port} is unavailable" in one_error_line(result)
+
+
+@pytest.mark.parametrize("flag", ["--model-name", "--model"])
+def test_model_name_option_matches_the_sdk_keyword(fake, flag):
+    result = run("rank", "--user-id", "1", "--candidates", "5,6", flag, "ranker_only")
+    assert result.exit_code == 0, result.output
+    assert fake.kwargs["model_name"] == "ranker_only"
+
+
+def test_client_repr_uses_the_constructor_keyword():
+    with RankingClient("grpc://127.0.0.1:1", model_name="pinrank") as client:
+        assert "model_name='pinrank'" in repr(client)

@@ -133,7 +133,8 @@ def test_out_of_range_fields_fail_on_the_client(server, flavour, kwargs, cls, me
     args = {"user_id": 1000, "candidate_ids": [7, 14], "actions": (), "top_k": 2, "request_ts_ms": REQ_TS, **kwargs}
     for validate in (True, False):  # the type checks hold even with validation off
         with pytest.raises(cls, match=message) as info:
-            call(flavour, f"grpc://{server.grpc_url}", "rank", *args.values(), validate=validate)
+            call(flavour, f"grpc://{server.grpc_url}", "rank", args["user_id"], args["candidate_ids"], args["actions"],
+                 method_kw={"top_k": args["top_k"], "request_ts_ms": args["request_ts_ms"]}, validate=validate)
         assert info.value.status is None  # never sent
     assert server.is_ready()
 

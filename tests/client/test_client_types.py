@@ -1,6 +1,7 @@
 """Request building, validation messages and response parsing (no server)."""
 
 import dataclasses
+import inspect
 import json
 import time
 
@@ -10,9 +11,11 @@ import pytest
 from pinrank_client import (
     Action,
     ActionHistory,
+    AsyncRankingClient,
     InvalidRequestError,
     PinrankError,
     RankedItem,
+    RankingClient,
     RankRequest,
     RankResponse,
     ServerError,
@@ -344,3 +347,18 @@ def test_response_says_where_it_came_from():
     d = resp.to_dict()
     assert (d["url"], d["attempts"]) == ("grpc://a:1", 2)
     assert RankResponse.from_arrays(outputs(1)).attempts == 1
+
+
+def test_rank_and_rank_request_take_the_same_arguments_the_same_way():
+    """Positionally: user, candidates, actions; top_k and request_ts_ms by keyword
+    only, so the two can never read one another's positional order."""
+    def shape(fn):
+        params = [p for p in inspect.signature(fn).parameters.values() if p.name not in ("self", "timeout_s",
+                                                                                          "validate")]
+        return [(p.name, p.kind) for p in params]
+
+    expected = shape(RankRequest.__init__)
+    assert [name for name, _ in expected] == ["user_id", "candidate_ids", "actions", "top_k", "request_ts_ms"]
+    assert shape(RankingClient.rank) == expected and shape(AsyncRankingClient.rank) == expected
+    with pytest.raises(TypeError):
+        RankRequest(1, [1], [], 5)  # type: ignore[misc]

@@ -59,4 +59,4 @@ __all__ = [
     "ADMIN_HEADER",
     "ADMIN_KEY_ENV",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -207,4 +207,4 @@ class ClientBase:
         return {"as_json": True} if self.protocol == "grpc" else {}
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.url!r}, model={self.model_name!r}, timeout_s={self.timeout_s})"
+        return f"{type(self).__name__}({self.url!r}, model_name={self.model_name!r}, timeout_s={self.timeout_s})"

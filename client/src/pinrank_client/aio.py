@@ -138,9 +138,9 @@ class AsyncRankingClient(ClientBase):
         user_id: int,
         candidate_ids: ArrayLike,
         actions: ActionHistory | Iterable[Action] = (),
+        *,
         top_k: int | None = None,
         request_ts_ms: int | None = None,
-        *,
         timeout_s: float | None = None,
     ) -> RankResponse:
         """Rank `candidate_ids` for `user_id` given their recent `actions`."""

@@ -192,7 +192,8 @@ def _connection_options(f: F) -> F:
 
 
 _model_option = click.option(
-    "--model", "model_name", default=schema.ENSEMBLE_MODEL, show_default=True, help="Model to call."
+    "--model-name", "--model", "model_name", default=schema.ENSEMBLE_MODEL, show_default=True,
+    help="Model to call (the SDK's model_name=; --model is the same option).",
 )
 
 

@@ -272,9 +272,9 @@ class RankRequest:
         user_id: int,
         candidate_ids: ArrayLike,
         actions: ActionHistory | Iterable[Action] = (),
-        request_ts_ms: int | None = None,
-        top_k: int | None = None,
         *,
+        top_k: int | None = None,
+        request_ts_ms: int | None = None,
         validate: bool = True,
     ) -> None:
         history = actions if isinstance(actions, ActionHistory) else ActionHistory.from_actions(actions)
@@ -364,8 +364,8 @@ class RankRequest:
             data["user_id"],
             data["candidate_ids"],
             history,
-            data.get("request_ts_ms"),
-            data.get("top_k"),
+            request_ts_ms=data.get("request_ts_ms"),
+            top_k=data.get("top_k"),
             validate=validate,
         )
 
