@@ -35,7 +35,7 @@ import click
 import numpy as np
 
 from pinrank.export.configs import parse_instance_counts
-from pinrank.repository.pbtxt import parse_pbtxt, to_pbtxt
+from pinrank.repository.pbtxt import read_config, write_config
 from pinrank.serving.tritonserver import ServerError, running_server
 from pinrank_client import PinrankError, RankingClient, schema
 
@@ -266,9 +266,9 @@ def with_instances(src: Path, dst: Path, counts: dict[str, int]) -> Path:
     shutil.copytree(src, dst, symlinks=True)
     for model, count in counts.items():
         path = dst / model / "config.pbtxt"
-        cfg = parse_pbtxt(path.read_text())
+        cfg = read_config(path)
         cfg.instance_group[0].count = count
-        path.write_text(to_pbtxt(cfg))
+        write_config(path, cfg)
     return dst
 
 

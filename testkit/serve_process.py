@@ -83,8 +83,7 @@ class ServeProcess:
             return 0, {"error": str(exc)}
 
     def ready(self) -> bool:
-        code, _ = health.http_status(f"http://127.0.0.1:{self.health_port}/ready", timeout_s=2.0)
-        return code == 200
+        return self.ready_status()[0] == 200
 
     def wait_ready(self, status: int = 200, timeout_s: float = 60.0) -> float:
         """Seconds until /ready answered `status`; AssertionError (with the log) when it never did."""

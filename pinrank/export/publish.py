@@ -47,7 +47,7 @@ from pinrank.repository.layout import (
     published_models,
     version_numbers,
 )
-from pinrank.repository.pbtxt import to_pbtxt
+from pinrank.repository.pbtxt import write_config
 
 #: The client's tensor contract, vendored beside pinrank.backend (which imports it).
 CLIENT_CONTRACT = (pinrank_client.schema, pinrank_client.validation)
@@ -78,12 +78,6 @@ def _vendor(dest: Path) -> None:
     for module in CLIENT_CONTRACT:
         src = Path(module.__file__ or "")
         shutil.copyfile(src, dest / "pinrank_client" / src.name)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _ranker_files(profile: str, settings: ProfileSettings, torchscript: Path | None, onnx: Path | None,
@@ -168,7 +162,7 @@ def write_repository(
         # Configs first, then versions: the latest-version policy only ever
         # switches to a complete directory.
         for name, cfg in configs.items():
-            _write_text_atomic(config_path(repo, name), to_pbtxt(cfg))
+            write_config(config_path(repo, name), cfg, tmp_suffix=f".{uuid.uuid4().hex}")
         for tmp, final in staged:
             tmp.rename(final)
     finally:

@@ -47,7 +47,6 @@ class Span:
 
     id: int
     model: str = "?"
-    version: int | None = None
     parent: int | None = None
     ns: dict[str, int] = field(default_factory=dict)
 
@@ -112,7 +111,6 @@ def _merge(spans: dict[int, Span], rec: Any, path: Path) -> None:
     span = spans.setdefault(rec["id"], Span(rec["id"]))
     if "model_name" in rec:
         span.model = str(rec["model_name"])
-        span.version = rec.get("model_version")
         span.parent = rec.get("parent_id")
     for stamp in rec.get("timestamps", ()):
         if isinstance(stamp, dict) and "name" in stamp and "ns" in stamp:
