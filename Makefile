@@ -17,7 +17,7 @@ LOADTEST_ARGS ?=
 BENCH_ARGS ?=
 RELIABILITY_ARGS ?=
 
-.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer eval-pinnerformer-ml eval-ranker eval-ranker-ml eval-ranker-real eval-real eval-item-features eval-loo-ml100k loadtest bench reliability lint test test-fast clean
+.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer eval-pinnerformer-ml eval-ranker eval-ranker-ml eval-ranker-real eval-real eval-item-features eval-loo-ml100k loadtest bench perf-analyzer reliability lint test test-fast clean
 .DEFAULT_GOAL := help
 
 help: ## List the targets
@@ -112,8 +112,12 @@ eval-loo-ml100k: setup ## The next_item recipe vs SASRec and popularity on ML-10
 loadtest: export ## Locust sweep (1,2,4,8 users) + 2-min run at the best one on a started server -> results/loadtest.{json,png}, results/loadtest/ (LOADTEST_ARGS=...)
 	$(PY) loadtest/run_loadtest.py --repository $(REPO)/cpu --data $(DATA) --out-dir results $(LOADTEST_ARGS)
 
-bench: export ## In-process vs Triton latency, time per step, early vs fused, instance counts -> results/bench.json (BENCH_ARGS=...)
+bench: export ## In-process vs Triton latency, time per step, early vs fused, instance counts, perf_analyzer cross-check -> results/bench.json (BENCH_ARGS=...)
 	$(PY) loadtest/bench.py --repository $(REPO)/cpu --ranker $(RANKER_CKPT) --data $(DATA) --out results/bench.json $(BENCH_ARGS)
+
+perf-analyzer: export ## Only the cross-check: Triton's perf_analyzer beside locust on one server, same replayed requests -> results/perf_analyzer.json
+	$(PY) loadtest/bench.py --repository $(REPO)/cpu --ranker $(RANKER_CKPT) --data $(DATA) --out results/perf_analyzer.json \
+		--skip latency --skip fusion --skip throughput $(BENCH_ARGS)
 
 reliability: setup ## Bad inputs, model swap/rollback, stub kill, soak, server restart under load -> results/reliability.json (RELIABILITY_ARGS=...)
 	$(PY) -m reliability.run --out results/reliability.json $(RELIABILITY_ARGS)

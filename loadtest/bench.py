@@ -10,7 +10,10 @@
   c. early fusion (sequence encoder per candidate) vs the fused ranker
      (encoder once per request) at N = 100, 500, 1000;
   d. throughput (locust, closed loop) for several instance counts per step,
-     and for the single-model pipeline.
+     and for the single-model pipeline;
+  e. a cross-check by Triton's own perf_analyzer: the served repository,
+     the same replayed requests and concurrency levels, measured by locust
+     and by perf_analyzer on one server, side by side (loadtest/perf_analyzer.py).
 
     .venv/bin/python loadtest/bench.py --repository model_repository/cpu \
         --ranker artifacts/checkpoints/ranker.pt --data artifacts/data/quick
@@ -56,6 +59,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_latency import make_request, percentiles, time_calls, triton_caller  # noqa: E402
+from perf_analyzer import PerfAnalyzerError, cross_check, print_levels  # noqa: E402
 from request_pool import pool_from_dataset  # noqa: E402
 from run_loadtest import (  # noqa: E402
     STEPS,
@@ -259,6 +263,33 @@ def bench_throughput(repos: dict[str, Path], data: Path, configs: list[tuple[int
             "throughput_users": results[best_name]["best"]["users"]}
 
 
+def bench_perf_analyzer(repository: Path, data: Path, users: list[int], duration_s: float,
+                        work: Path) -> dict[str, Any]:
+    """(e): one server on the served repository; at each concurrency, locust
+    (the project's load test) and perf_analyzer replay the same requests over HTTP."""
+    pool = pool_from_dataset(data, 200)
+    pool_path = pool.save(work / "pa_requests.npz")
+    with target_url(None, repository, work / "tritonserver-perf_analyzer.log") as url:
+        warm_up(url, pool, 20)
+        host = url.split("://", 1)[1]
+        try:
+            pa = cross_check(host, pool, users, work / "perf_analyzer", protocol="http",
+                             measurement_ms=int(duration_s * 1000 / 3))
+        except PerfAnalyzerError as exc:
+            raise click.ClickException(f"(e) {exc}") from None
+        project = [run_locust(url, u, duration_s, work / f"pa-locust-u{u}", pool_path, html=False).to_dict()
+                   for u in users]
+    rows = []
+    for lv, own in zip(pa["levels"], project):
+        rows.append({"concurrency": lv["concurrency"],
+                     "perf_analyzer": {k: lv[k] for k in ("throughput_rps", "p50_ms", "p99_ms")},
+                     "locust": {"throughput_rps": own["rps"], "p50_ms": own["p50_ms"], "p99_ms": own["p99_ms"],
+                                "failures": own["failures"]},
+                     "p50_ratio_locust_over_pa": own["p50_ms"] / lv["p50_ms"],
+                     "rps_ratio_locust_over_pa": own["rps"] / lv["throughput_rps"]})
+    return {**pa, "locust_levels": project, "side_by_side": rows}
+
+
 @click.command()
 @click.option("--repository", type=click.Path(path_type=Path, exists=True, file_okay=False),
               default=Path("model_repository/cpu"), show_default=True)
@@ -288,14 +319,18 @@ def bench_throughput(repos: dict[str, Path], data: Path, configs: list[tuple[int
               help="Closed-loop concurrency levels per configuration (comma-separated).")
 @click.option("--throughput-duration", type=click.FloatRange(min=1), default=15, show_default=True,
               help="Seconds per configuration and level.")
-@click.option("--skip", type=click.Choice(["latency", "fusion", "throughput"]), multiple=True,
+@click.option("--pa-concurrency", "pa_users", default="1,2,4", show_default=True, callback=parse_users,
+              help="(e) concurrency levels for the perf_analyzer cross-check (comma-separated).")
+@click.option("--pa-duration", type=click.FloatRange(min=3), default=12, show_default=True,
+              help="(e) seconds of locust per level; perf_analyzer's window is a third of it.")
+@click.option("--skip", type=click.Choice(["latency", "fusion", "throughput", "perf_analyzer"]), multiple=True,
               help="Leave a part out (repeat the option).")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("results/bench.json"),
               show_default=True)
 def main(repository: Path, ranker: Path, data: Path, candidates: int, actions: int, num_requests: int, warmup: int,
          fusion_counts: tuple[int, ...], fusion_repeats: int, early_repeats: int,
          configs: list[tuple[int, int, int]], single_counts: list[int], throughput_users: list[int],
-         throughput_duration: float,
+         throughput_duration: float, pa_users: list[int], pa_duration: float,
          skip: tuple[str, ...], out: Path) -> None:
     """Run the benchmarks (a)-(d) and write OUT (JSON)."""
     report: dict[str, Any] = {
@@ -340,6 +375,18 @@ def main(repository: Path, ranker: Path, data: Path, candidates: int, actions: i
         report["throughput_rps"] = thr["throughput_rps"]
         click.echo(f"  best: {thr['best_config']} at {thr['throughput_users']} users: "
                    f"{thr['throughput_rps']:.1f} req/s")
+    if "perf_analyzer" not in skip:
+        click.echo(f"(e) perf_analyzer vs locust on {repository}, concurrency {pa_users}, replayed requests, HTTP")
+        pa = bench_perf_analyzer(repository, data, pa_users, pa_duration, work)
+        report["perf_analyzer"] = pa
+        print_levels(pa["levels"])
+        click.echo(f"{'concurrency':>11}  {'locust req/s':>12}{'p50':>7}{'p99':>7}  {'perf_analyzer req/s':>19}"
+                   f"{'p50':>7}{'p99':>7}")
+        for row in pa["side_by_side"]:
+            own, theirs = row["locust"], row["perf_analyzer"]
+            click.echo(f"{row['concurrency']:>11}  {own['throughput_rps']:12.1f}{own['p50_ms']:7.1f}"
+                       f"{own['p99_ms']:7.1f}  {theirs['throughput_rps']:19.1f}{theirs['p50_ms']:7.1f}"
+                       f"{theirs['p99_ms']:7.1f}")
     report["wall_s"] = time.monotonic() - t0
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
