@@ -17,7 +17,7 @@ LOADTEST_ARGS ?=
 BENCH_ARGS ?=
 RELIABILITY_ARGS ?=
 
-.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer eval-pinnerformer-ml eval-ranker eval-ranker-ml eval-ranker-real eval-real eval-item-features eval-loo-ml100k loadtest bench perf-analyzer reliability lint test test-fast clean
+.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer eval-pinnerformer-ml eval-ranker eval-ranker-ml eval-ranker-real eval-real eval-item-features eval-loo-ml100k loadtest bench perf-analyzer docs-figures reliability lint test test-fast clean
 .DEFAULT_GOAL := help
 
 help: ## List the targets
@@ -119,10 +119,13 @@ perf-analyzer: export ## Only the cross-check: Triton's perf_analyzer beside loc
 	$(PY) loadtest/bench.py --repository $(REPO)/cpu --ranker $(RANKER_CKPT) --data $(DATA) --out results/perf_analyzer.json \
 		--skip latency --skip fusion --skip throughput $(BENCH_ARGS)
 
+docs-figures: setup ## Refresh docs/figures/*.json from newer results/ files (+ checkpoint metrics) and rewrite the doc tables generated from them
+	$(PY) docs/figures/render.py --from-results results --artifacts $(A)
+
 reliability: setup ## Bad inputs, model swap/rollback, stub kill, soak, server restart under load -> results/reliability.json (RELIABILITY_ARGS=...)
 	$(PY) -m reliability.run --out results/reliability.json $(RELIABILITY_ARGS)
 
-LINT_PATHS := $(wildcard pinrank client/src tests reliability loadtest testkit export deploy)
+LINT_PATHS := $(wildcard pinrank client/src tests reliability loadtest testkit export deploy docs/figures)
 lint: setup ## Ruff over the Python sources (missing folders skipped) + mypy on the client SDK (config in pyproject.toml)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/mypy
