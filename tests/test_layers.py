@@ -46,6 +46,9 @@ EXTERNAL: dict[str, set[str]] = {
     # Host side: no torch, no training stack (tests/serving check the import too).
     "serving": {"click", "google", "tritonclient", "pinrank_client", "pytriton", "numpy"},
 }
+#: Backend modules that exist to host one ranker runtime: they import it at
+#: module level, and the rest of the backend imports them only inside functions.
+BACKEND_RUNTIME_MODULES = {"pinrank.backend.torchscript_ranker": "torch"}
 #: The only client modules the backend may import: they are vendored with it.
 BACKEND_CLIENT_MODULES = {"pinrank_client.schema", "pinrank_client.validation"}
 #: Checkout-only packages the product must never import.
@@ -103,6 +106,10 @@ def pinrank_layer(module: str) -> str | None:
     return "metrics" if parts[1] == "metrics" else "app"
 
 
+def _module_name(rel: Path) -> str:
+    return ".".join(rel.with_suffix("").parts)
+
+
 def violations(root: Path) -> list[str]:
     """Every broken rule under root/pinrank, as 'file:line: why'."""
     problems = []
@@ -126,7 +133,11 @@ def violations(root: Path) -> list[str]:
             elif layer == "backend" and top == "pinrank_client" and not any(
                     imp.module == m or imp.module.startswith(m + ".") for m in BACKEND_CLIENT_MODULES):
                 problems.append(f"{where}: only {sorted(BACKEND_CLIENT_MODULES)} are vendored with the backend")
-            elif layer == "backend" and top in ("torch", "onnxruntime") and not imp.in_function:
+            elif layer == "backend" and not imp.in_function and any(
+                    imp.module == m or imp.module.startswith(m + ".") for m in BACKEND_RUNTIME_MODULES):
+                problems.append(f"{where}: a runtime module is imported when a ranker loads, not with the backend")
+            elif (layer == "backend" and top in ("torch", "onnxruntime") and not imp.in_function
+                  and BACKEND_RUNTIME_MODULES.get(_module_name(rel)) != top):
                 problems.append(f"{where}: a ranker runtime is imported when a ranker loads, not with the backend")
     return problems
 
@@ -163,6 +174,9 @@ def test_every_function_level_import_says_why():
     ("pinrank/models/x.py", "from pinrank.train.common import seed_everything\n", "models may import only"),
     ("pinrank/backend/x.py", "import pandas\n", "backend may import only the standard library"),
     ("pinrank/backend/x.py", "import torch\n", "not with the backend"),
+    ("pinrank/backend/torchscript_ranker.py", "import onnxruntime\n", "not with the backend"),
+    ("pinrank/backend/x.py", "from pinrank.backend.torchscript_ranker import TorchScriptRanker\n",
+     "a runtime module is imported when a ranker loads"),
     ("pinrank/backend/x.py", "from pinrank_client.admin import ADMIN_HEADER\n", "are vendored with the backend"),
     ("pinrank/backend/x.py", "from pinrank.repository import layout\n", "backend may import only itself"),
     ("pinrank/export/x.py", "from reliability import faults\n", "checkout-only harnesses"),

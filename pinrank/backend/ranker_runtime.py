@@ -1,5 +1,6 @@
-"""The exported ranker hosted in-process by a Python-backend model (the cpu
-profile): ONNX Runtime on ranker.onnx or TorchScript on ranker.pt.
+"""The exported ranker hosted in-process by a Python-backend model: ONNX
+Runtime on ranker.onnx or TorchScript on ranker.pt (the cpu profile), or
+TorchScript on the instance's CUDA device (the gpu profile's `python` backend).
 
 The pip-installed server has no onnxruntime or libtorch backend, so the
 Python backend hosts the runtime itself. Vendored into each version
@@ -24,20 +25,27 @@ _INPUTS = [s.name for s in schema.RANKER_INPUTS]
 _OUTPUTS = [s.name for s in schema.RANKER_OUTPUTS]
 
 
-def load_exported_ranker(version_dir: str | Path, runtime: str, threads: int = 1) -> RankerFn:
+def load_exported_ranker(version_dir: str | Path, runtime: str, threads: int = 1, *, device: str = "cpu",
+                         cuda_graphs: bool = False, allow_tf32: bool = False) -> RankerFn:
     """feed (schema.RANKER_INPUTS by name) -> probs [N, heads] float32.
 
     One thread per model instance: requests run concurrently across
     instances, and intra-op pools on a small box fight each other instead.
+    `device` ("cpu" or "cuda:<i>"), `cuda_graphs` and `allow_tf32` are the
+    torchscript runtime's (pinrank.backend.torchscript_ranker).
     """
     if runtime not in RUNTIME_FILES:
         raise ValueError(f"unknown ranker runtime {runtime!r}; expected one of {sorted(RUNTIME_FILES)}")
+    if runtime == "onnxruntime" and device != "cpu":
+        raise ValueError(f"the onnxruntime ranker runs on CPU only, not {device}; use torchscript on a GPU")
     path = Path(version_dir) / RUNTIME_FILES[runtime]
     if not path.is_file():
         raise FileNotFoundError(f"ranker runtime {runtime!r} needs {path}, which is missing")
     if runtime == "onnxruntime":
         return _onnxruntime(path, threads)
-    return _torchscript(path, threads)
+    from pinrank.backend.torchscript_ranker import TorchScriptRanker  # noqa: PLC0415 - torch only when such a ranker loads
+
+    return TorchScriptRanker(path, device, threads=threads, cuda_graphs=cuda_graphs, allow_tf32=allow_tf32)
 
 
 def _onnxruntime(path: Path, threads: int) -> RankerFn:
@@ -56,21 +64,11 @@ def _onnxruntime(path: Path, threads: int) -> RankerFn:
     return run
 
 
-def _torchscript(path: Path, threads: int) -> RankerFn:
-    import torch  # noqa: PLC0415 - only the runtime of the ranker this version ships is imported, when it loads
-
-    torch.set_num_threads(threads)
-    model = torch.jit.load(str(path), map_location="cpu").eval()
-
-    def run(feed: Mapping[str, np.ndarray]) -> np.ndarray:
-        with torch.inference_mode():
-            return model(*[torch.from_numpy(np.ascontiguousarray(feed[n])) for n in _INPUTS]).numpy()
-
-    return run
-
-
 #: The Python-backend config parameter naming the runtime (pinrank/export/configs.py sets it).
 RUNTIME_PARAMETER = "RUNTIME"
+#: Ranker parameters of the gpu profile's python backend: CUDA graphs per
+#: candidate bucket, TF32 matmuls ("true"/"false"; both off by default).
+CUDA_GRAPHS_PARAMETER, ALLOW_TF32_PARAMETER = "CUDA_GRAPHS", "ALLOW_TF32"
 #: Parameters the single-model pipeline warms up with at load.
 WARMUP_CANDIDATES, WARMUP_COUNT = "WARMUP_CANDIDATES", "WARMUP_COUNT"
 
@@ -87,6 +85,22 @@ def runtime_parameter(model_config_json: str) -> str:
         return model_parameters(model_config_json)[RUNTIME_PARAMETER]
     except KeyError:
         raise ValueError(f"model config has no {RUNTIME_PARAMETER} parameter; re-export the repository") from None
+
+
+def flag_parameter(params: Mapping[str, str], key: str) -> bool:
+    """A "true"/"false" model parameter (absent: false); anything else is a config error."""
+    value = params.get(key, "false").strip().lower()
+    if value not in ("true", "false"):
+        raise ValueError(f"model parameter {key} must be 'true' or 'false', got {params[key]!r}")
+    return value == "true"
+
+
+def instance_device(args: Mapping[str, str]) -> str:
+    """The torch device of the model instance Triton's initialize(args)
+    describes: its GPU for a KIND_GPU instance, else the CPU."""
+    if args.get("model_instance_kind") == "GPU":
+        return f"cuda:{int(args.get('model_instance_device_id', 0))}"
+    return "cpu"
 
 
 def zero_feed(candidates: int) -> dict[str, np.ndarray]:

@@ -104,9 +104,16 @@ def _gate_summary(report_dict: dict[str, Any]) -> str:
               show_default=True, help="What runs the ranker in the cpu profile's Python backend. ONNX Runtime "
                                       "is the default: 4-6% faster than TorchScript at N=500-1000 on 1 thread "
                                       "and steadier at p90 (loadtest/bench_ranker_runtime.py, docs/benchmarks.md).")
-@click.option("--gpu-backend", type=click.Choice(["libtorch", "tensorrt"]), default="libtorch", show_default=True,
-              help="The gpu profile's ranker backend: pytorch_libtorch (ranker.pt) or tensorrt_plan "
-                   "(model.plan; needs TensorRT and a GPU here, of the architecture that will serve it).")
+@click.option("--gpu-backend", type=click.Choice(["python", "libtorch", "tensorrt"]), default="libtorch",
+              show_default=True,
+              help="The gpu profile's ranker backend. python: ranker.pt in Triton's Python backend on the "
+                   "instance's GPU, servable by the bundled server (`pinrank serve`; on a machine without a "
+                   "GPU add --model-config-name cpu). libtorch / tensorrt: NVIDIA's Triton container's native "
+                   "pytorch_libtorch (ranker.pt) or tensorrt_plan (model.plan; needs TensorRT and a GPU here, "
+                   "of the architecture that will serve it).")
+@click.option("--cuda-graphs/--no-cuda-graphs", default=False, show_default=True,
+              help="--gpu-backend python: capture one CUDA graph per candidate bucket (128, 256, 512, "
+                   f"{schema.MAX_CANDIDATES}) at load and pad each request up to its bucket.")
 @click.option("--instances", default="2:2:1", show_default=True, metavar="PRE:RANKER:POST",
               help="Instances of preprocess, ranker and postprocess. 2:2:1 serves 25-31% more than 1:1:1 "
                    "on 2 cores but adds ~0.5 ms to an idle server's latency (docs/benchmarks.md).")
@@ -127,8 +134,8 @@ def _gate_summary(report_dict: dict[str, Any]) -> str:
 @click.option("--fp16-tolerance", type=float, default=1e-2, show_default=True,
               help="Max |eager - exported| of the probabilities allowed for the TensorRT FP16 engine.")
 def export(ranker_ckpt: Path, snapshot: Path, data: Path, out: Path, target: str, formats: tuple[str, ...],
-           cpu_runtime: str, gpu_backend: str, instances: str, pipeline: str, trt_precision: str,
-           trt_opt_candidates: int, results: Path,
+           cpu_runtime: str, gpu_backend: str, cuda_graphs: bool, instances: str, pipeline: str,
+           trt_precision: str, trt_opt_candidates: int, results: Path,
            tolerance: float, fp16_tolerance: float) -> None:
     """Export the ranker, check each format's parity with eager on edge cases
     (1 and MAX candidates, empty/full history, everything inside the mask
@@ -139,6 +146,9 @@ def export(ranker_ckpt: Path, snapshot: Path, data: Path, out: Path, target: str
         pre_n, ranker_n, post_n = parse_instance_counts(instances)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--instances") from None
+    if cuda_graphs and gpu_backend != "python":
+        raise click.BadParameter(f"CUDA graphs are for --gpu-backend python, not {gpu_backend}",
+                                 param_hint="--cuda-graphs")
     targets = ["cpu", "gpu"] if target == "all" else [target]
     for t in targets:
         present, wanted = existing_pipeline(out / t), (pipeline if t == "cpu" else "ensemble")
@@ -196,7 +206,8 @@ def export(ranker_ckpt: Path, snapshot: Path, data: Path, out: Path, target: str
             **extra,
             "created_unix": int(started),
         }
-        settings = ProfileSettings(cpu_runtime=cpu_runtime, gpu_backend=gpu_backend, preprocess_instances=pre_n,
+        settings = ProfileSettings(cpu_runtime=cpu_runtime, gpu_backend=gpu_backend, cuda_graphs=cuda_graphs,
+                                   preprocess_instances=pre_n,
                                    ranker_instances=ranker_n, postprocess_instances=post_n)
         published = {}
         for t in targets:

@@ -5,9 +5,13 @@
 - `cpu`: every step is a Python-backend model on KIND_CPU; the ranker's
   model.py hosts TorchScript or ONNX Runtime (`cpu_runtime`; the
   pip-installed server has no libtorch/onnxruntime backend).
-- `gpu`: the same graph, with the ranker on a native backend on KIND_GPU
-  (NVIDIA's Triton container): `pytorch_libtorch` (ranker.pt) or
-  `tensorrt_plan` (model.plan), per `gpu_backend`; pre/post stay on CPU.
+- `gpu`: the same graph, with the ranker on KIND_GPU, per `gpu_backend`:
+  `python` (ranker.pt in the Python backend on the instance's GPU: what the
+  bundled server can serve), or a native backend of NVIDIA's Triton container,
+  `pytorch_libtorch` (ranker.pt) or `tensorrt_plan` (model.plan); pre/post
+  stay on CPU. The `python` backend also gets a config variant `cpu`
+  (configs/cpu.pbtxt, KIND_CPU) that `pinrank serve --model-config-name cpu`
+  loads on a machine without a GPU.
 
 `pipeline="single"` (cpu profile only) replaces the ensemble with one Python
 model of the same name and contract running all three steps in-process.
@@ -21,6 +25,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from pinrank.backend import schema
 from pinrank.repository.layout import (
+    ALLOW_TF32_PARAMETER,
+    CPU_CONFIG_VARIANT,
+    CUDA_GRAPHS_PARAMETER,
     PIPELINES,
     PLAN_FILE,
     RUNTIME_PARAMETER,
@@ -32,10 +39,10 @@ from pinrank.repository.layout import (
 PROFILES = ("cpu", "gpu")
 #: What hosts the ranker inside the cpu profile's Python backend.
 CPU_RUNTIMES = ("torchscript", "onnxruntime")
-#: The gpu profile's native ranker backend.
-GPU_BACKENDS = ("libtorch", "tensorrt")
+#: The gpu profile's ranker backend: Triton's Python backend, or a native one.
+GPU_BACKENDS = ("python", "libtorch", "tensorrt")
 #: File each gpu backend loads from the ranker's version directory.
-GPU_MODEL_FILES = {"libtorch": TORCHSCRIPT_FILE, "tensorrt": PLAN_FILE}
+GPU_MODEL_FILES = {"python": TORCHSCRIPT_FILE, "libtorch": TORCHSCRIPT_FILE, "tensorrt": PLAN_FILE}
 #: gpu backend -> Triton (backend, platform).
 _GPU_PLATFORMS = {"libtorch": ("pytorch", "pytorch_libtorch"), "tensorrt": ("tensorrt", "tensorrt_plan")}
 
@@ -53,6 +60,8 @@ class ProfileSettings:
     postprocess_instances: int = 1
     cpu_runtime: str = "onnxruntime"  # the faster on CPU: docs/benchmarks.md
     gpu_backend: str = "libtorch"
+    #: gpu_backend="python": one CUDA graph per candidate bucket (torchscript_ranker.GRAPH_BUCKETS).
+    cuda_graphs: bool = False
     pipeline: str = "ensemble"
     #: Ranker warmup: candidates per warmup request and how many requests
     #: (0 disables). TorchScript's profiling executor optimises the graph over
@@ -66,6 +75,8 @@ class ProfileSettings:
             raise ValueError(f"unknown cpu_runtime {self.cpu_runtime!r}; expected one of {CPU_RUNTIMES}")
         if self.gpu_backend not in GPU_BACKENDS:
             raise ValueError(f"unknown gpu_backend {self.gpu_backend!r}; expected one of {GPU_BACKENDS}")
+        if self.cuda_graphs and self.gpu_backend != "python":
+            raise ValueError(f"cuda_graphs is for gpu_backend='python', not {self.gpu_backend!r}")
         if self.pipeline not in PIPELINES:
             raise ValueError(f"unknown pipeline {self.pipeline!r}; expected one of {PIPELINES}")
         if self.warmup_count > 0 and not 1 <= self.warmup_candidates <= schema.MAX_CANDIDATES:
@@ -102,13 +113,14 @@ def _instances(kind: str, count: int) -> mc.ModelInstanceGroup:
 
 
 def _python_model(name: str, inputs, outputs, count: int,  # type: ignore[no-untyped-def]
-                  parameters: dict[str, str] | None = None, *, optional_inputs: bool = False) -> mc.ModelConfig:
+                  parameters: dict[str, str] | None = None, *, optional_inputs: bool = False,
+                  kind: str = "KIND_CPU") -> mc.ModelConfig:
     cfg = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
     for key, value in (parameters or {}).items():
         cfg.parameters[key].string_value = value
     cfg.input.extend(_tensor(mc.ModelInput, s, optional=optional_inputs or None) for s in inputs)
     cfg.output.extend(_tensor(mc.ModelOutput, s) for s in outputs)
-    cfg.instance_group.append(_instances("KIND_CPU", count))
+    cfg.instance_group.append(_instances(kind, count))
     return cfg
 
 
@@ -160,6 +172,13 @@ def _ranker_config(profile: str, settings: ProfileSettings) -> mc.ModelConfig:
         )
     if profile != "gpu":
         raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
+    if settings.gpu_backend == "python":
+        return _python_model(
+            schema.RANKER_MODEL, schema.RANKER_INPUTS, schema.RANKER_OUTPUTS, settings.ranker_instances,
+            {RUNTIME_PARAMETER: "torchscript", CUDA_GRAPHS_PARAMETER: str(settings.cuda_graphs).lower(),
+             ALLOW_TF32_PARAMETER: "false"},
+            kind="KIND_GPU",
+        )
     # A tensorrt plan's optimisation profile (pinrank/export/tensorrt_engine.py) covers
     # 1..MAX_CANDIDATES candidates at L = REALTIME_SEQ_LEN: the same dims as here.
     backend, platform = _GPU_PLATFORMS[settings.gpu_backend]
@@ -172,6 +191,22 @@ def _ranker_config(profile: str, settings: ProfileSettings) -> mc.ModelConfig:
     cfg.output.extend(_tensor(mc.ModelOutput, s) for s in schema.RANKER_OUTPUTS)
     cfg.instance_group.append(_instances("KIND_GPU", settings.ranker_instances))
     return cfg
+
+
+def config_variants(profile: str, settings: ProfileSettings | None = None) -> dict[str, dict[str, mc.ModelConfig]]:
+    """Named config variants beside config.pbtxt ({variant: {model: config}}),
+    for Triton's --model-config-name: the gpu profile's python ranker gets
+    `cpu`, the same model on KIND_CPU without CUDA graphs, so one repository
+    serves on a machine without a GPU too (models without the variant keep
+    their config.pbtxt)."""
+    settings = settings or ProfileSettings()
+    if profile != "gpu" or settings.gpu_backend != "python":
+        return {}
+    cfg = ranker_config(profile, settings)
+    del cfg.instance_group[:]
+    cfg.instance_group.append(_instances("KIND_CPU", settings.ranker_instances))
+    cfg.parameters[CUDA_GRAPHS_PARAMETER].string_value = "false"
+    return {CPU_CONFIG_VARIANT: {cfg.name: cfg}}
 
 
 def ensemble_config() -> mc.ModelConfig:

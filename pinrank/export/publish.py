@@ -27,7 +27,7 @@ import pinrank_client.validation
 from pinrank.backend import schema
 from pinrank.backend.snapshot import UserSnapshot
 from pinrank.backend.vocab import ItemVocab
-from pinrank.export.configs import ProfileSettings, profile_configs
+from pinrank.export.configs import GPU_MODEL_FILES, ProfileSettings, config_variants, profile_configs
 from pinrank.repository.integrity import MANIFEST
 from pinrank.repository.layout import (
     ARTIFACTS_DIR,
@@ -90,7 +90,7 @@ def _ranker_files(profile: str, settings: ProfileSettings, torchscript: Path | N
     else:
         files[PLAN_FILE] = plan  # arch-specific: pointless on the cpu profile
         runtime = f"gpu_backend={settings.gpu_backend}"
-        needed = PLAN_FILE if settings.gpu_backend == "tensorrt" else TORCHSCRIPT_FILE
+        needed = GPU_MODEL_FILES[settings.gpu_backend]
     if files.get(needed) is None:
         raise ValueError(f"{profile} profile with {runtime} needs {needed}, which this export did not produce")
     return {name: src for name, src in files.items() if src is not None}
@@ -138,7 +138,7 @@ def write_repository(
             tmp = repo / name / f".staging-{version}-{uuid.uuid4().hex[:8]}"
             tmp.mkdir(parents=True)
             staged.append((tmp, repo / name / str(version)))
-            if name != schema.RANKER_MODEL or profile == "cpu":
+            if name != schema.RANKER_MODEL or profile == "cpu" or settings.gpu_backend == "python":
                 shutil.copyfile(PYTHON_MODELS_DIR / PYTHON_SOURCES[name], tmp / MODEL_FILE)
                 _vendor(tmp / VENDOR_DIR)
             if name in (schema.PREPROCESS_MODEL, schema.ENSEMBLE_MODEL):
@@ -163,6 +163,11 @@ def write_repository(
         # switches to a complete directory.
         for name, cfg in configs.items():
             write_config(config_path(repo, name), cfg, tmp_suffix=f".{uuid.uuid4().hex}")
+        for variant, variant_configs in config_variants(profile, settings).items():
+            for name, cfg in variant_configs.items():
+                path = config_path(repo, name, variant)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_config(path, cfg, tmp_suffix=f".{uuid.uuid4().hex}")
         for tmp, final in staged:
             tmp.rename(final)
     finally:

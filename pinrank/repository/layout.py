@@ -4,7 +4,8 @@ it) and serving (which loads, switches and checks it).
     <repo>/pinrank/config.pbtxt, 1/            ensemble
     <repo>/preprocess/config.pbtxt, <v>/model.py, <v>/_vendor/, <v>/artifacts/
     <repo>/ranker/config.pbtxt, <v>/ranker.pt, <v>/ranker.onnx
-                                [+ model.py, _vendor/ on cpu; + model.plan on gpu]
+                                [+ model.py, _vendor/ on cpu and gpu's python backend; + model.plan on gpu]
+                                [+ configs/cpu.pbtxt: gpu's python backend on KIND_CPU]
     <repo>/postprocess/config.pbtxt, <v>/model.py, <v>/_vendor/
 
 or, with the cpu profile's single-model pipeline:
@@ -21,6 +22,8 @@ from pathlib import Path
 from pinrank.backend import schema
 from pinrank.backend.preprocess import ITEM_IDS_FILE, SNAPSHOT_DIR  # noqa: F401  (re-exported: the layout's names)
 from pinrank.backend.ranker_runtime import (  # noqa: F401  (idem)
+    ALLOW_TF32_PARAMETER,
+    CUDA_GRAPHS_PARAMETER,
     NUM_ITEMS_KEY,
     RUNTIME_PARAMETER,
     WARMUP_CANDIDATES,
@@ -32,11 +35,14 @@ from pinrank.repository.pbtxt import read_config
 PYTHON_MODELS_DIR = Path(__file__).resolve().parent / "python_models"
 PYTHON_SOURCES = {
     schema.PREPROCESS_MODEL: "preprocess.py",
-    schema.RANKER_MODEL: "ranker.py",  # cpu profile only
+    schema.RANKER_MODEL: "ranker.py",  # cpu profile, and gpu with the python backend
     schema.POSTPROCESS_MODEL: "postprocess.py",
     schema.ENSEMBLE_MODEL: "single_model.py",  # single-model pipeline only
 }
 CONFIG_FILE = "config.pbtxt"
+#: Triton's folder of named config variants (--model-config-name), and the
+#: variant that runs a gpu-profile model on the CPU.
+CONFIG_VARIANTS_DIR, CPU_CONFIG_VARIANT = "configs", "cpu"
 #: Inside a version directory: the model.py, the vendored backend, the
 #: preprocess artifacts (vocabulary, snapshot).
 MODEL_FILE, VENDOR_DIR, ARTIFACTS_DIR = "model.py", "_vendor", "artifacts"
@@ -49,8 +55,11 @@ PIPELINES = ("ensemble", "single")
 STEP_MODELS = (schema.PREPROCESS_MODEL, schema.RANKER_MODEL, schema.POSTPROCESS_MODEL)
 
 
-def config_path(repo: Path, model: str) -> Path:
-    return Path(repo) / model / CONFIG_FILE
+def config_path(repo: Path, model: str, variant: str | None = None) -> Path:
+    """config.pbtxt, or the named variant's configs/<variant>.pbtxt."""
+    if variant is None:
+        return Path(repo) / model / CONFIG_FILE
+    return Path(repo) / model / CONFIG_VARIANTS_DIR / f"{variant}.pbtxt"
 
 
 def published_models(pipeline: str) -> tuple[str, ...]:

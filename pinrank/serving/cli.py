@@ -81,11 +81,15 @@ log = logging.getLogger("pinrank.serve")
                    "`pinrank trace FILE` prints each request's per-step timings.")
 @click.option("--trace-rate", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --trace-file: trace every Nth request.")
+@click.option("--model-config-name", default=None, metavar="NAME",
+              help="Load <model>/configs/NAME.pbtxt where a model has one (Triton's --model-config-name), "
+                   "config.pbtxt elsewhere. `cpu` serves a gpu-profile repository exported with --gpu-backend "
+                   "python on a machine without a GPU.")
 def serve(repository: Path, http_port: int, grpc_port: int, metrics_port: int, health_port: int, log_path: Path,
           startup_timeout: float, host: str, proxy: bool | None, proxy_http_port: int, proxy_grpc_port: int,
           proxy_metrics_port: int, admin_key_file: Path | None, model_control: str,
           max_restarts: int, recycle_after_reloads: int, restart_window: float, log_verbose: int,
-          trace_file: Path | None, trace_rate: int) -> None:
+          trace_file: Path | None, trace_rate: int, model_config_name: str | None) -> None:
     """Serve the pinrank ensemble on 127.0.0.1 (or --host) until Ctrl-C or SIGTERM.
 
     tritonserver is supervised: when it exits or hangs (liveness probe), it is
@@ -98,9 +102,10 @@ def serve(repository: Path, http_port: int, grpc_port: int, metrics_port: int, h
     (header `pinrank-admin-key`); inference, health, metadata, model config
     (read) and statistics don't. The key is $PINRANK_ADMIN_KEY, else the one in
     --admin-key-file (generated there on first use). Uses the tritonserver
-    binary bundled in the nvidia-pytriton wheel (CPU). For GPUs, serve
-    `model_repository/gpu` in NVIDIA's Triton container instead: see
-    `deploy/triton_container.sh`.
+    binary bundled in the nvidia-pytriton wheel: it serves the cpu profile,
+    and the gpu profile exported with --gpu-backend python (the ranker on the
+    GPU in the Python backend). The libtorch/TensorRT gpu profiles need
+    NVIDIA's Triton container: see `deploy/triton_container.sh`.
     """
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     if proxy is None and not is_loopback(host):
@@ -134,7 +139,7 @@ def serve(repository: Path, http_port: int, grpc_port: int, metrics_port: int, h
                               host=host_for_triton,
                               admin_key_file=admin_key_file, model_control=model_control,  # type: ignore[arg-type]
                               log_verbose=log_verbose, trace_file=trace_file.resolve() if trace_file else None,
-                              trace_rate=trace_rate)
+                              trace_rate=trace_rate, model_config_name=model_config_name)
         server.start(timeout_s=startup_timeout)
     except ServerError as exc:
         raise click.ClickException(str(exc)) from None
@@ -158,6 +163,7 @@ def serve(repository: Path, http_port: int, grpc_port: int, metrics_port: int, h
         f"  metrics http://{host_for_triton}:{metrics_port}/metrics\n"
         + (f"  health  http://{host}:{health_port}/ready and /live\n" if health_port else "")
         + f"  log     {log_path}\n"
+        + (f"  configs configs/{model_config_name}.pbtxt where a model has one\n" if model_config_name else "")
         + (f"  trace   every {trace_rate} request(s) into {trace_file}.N; read with `pinrank trace {trace_file}`\n"
            if trace_file is not None else "")
         + f"  admin   key in {where}; send it as header {ADMIN_HEADER} (gRPC: {GRPC_HEADER_PREFIX}{ADMIN_HEADER}),\n"

@@ -35,7 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
+from tritonclient.grpc import model_config_pb2 as mc
+
 from pinrank.repository.integrity import IntegrityError, verify_repository
+from pinrank.repository.layout import CONFIG_FILE, CPU_CONFIG_VARIANT, config_path
 from pinrank.repository.pbtxt import ParseError, read_config
 from pinrank.serving.health import (
     is_running,
@@ -262,21 +265,40 @@ def _wait_group_gone(pgid: int, timeout_s: float = 5.0) -> None:
         time.sleep(0.01)
 
 
-def validate_repository(repo: Path) -> list[str]:
-    """Model names in `repo`; raise ServerError when it can't be served."""
+def gpu_present() -> bool:
+    """Whether this machine exposes an NVIDIA GPU (its device nodes; no CUDA needed to ask)."""
+    return Path("/dev/nvidiactl").exists() and any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def validate_repository(repo: Path, config_name: str | None = None) -> list[str]:
+    """Model names in `repo`; raise ServerError when it can't be served (here,
+    with the config variant `config_name` where a model has one)."""
     if not repo.is_dir():
         raise ServerError(f"model repository {repo} does not exist (run `make export` first)")
     models = sorted(p.name for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not models:
         raise ServerError(f"model repository {repo} holds no models")
+    on_gpu = []
     for name in models:
-        cfg = repo / name / "config.pbtxt"
-        if not cfg.exists():
-            raise ServerError(f"model repository {repo}: {name}/config.pbtxt is missing")
+        cfg_path = repo / name / CONFIG_FILE
+        if not cfg_path.exists():
+            raise ServerError(f"model repository {repo}: {name}/{CONFIG_FILE} is missing")
+        variant = config_path(repo, name, config_name) if config_name else None
+        if variant is not None and variant.exists():
+            cfg_path = variant  # what Triton loads with --model-config-name
         try:
-            read_config(cfg)
+            cfg = read_config(cfg_path)
         except (ParseError, UnicodeDecodeError) as exc:
-            raise ServerError(f"{cfg}: not a valid Triton ModelConfig ({exc})") from exc
+            raise ServerError(f"{cfg_path}: not a valid Triton ModelConfig ({exc})") from exc
+        if any(g.kind == mc.ModelInstanceGroup.Kind.KIND_GPU for g in cfg.instance_group):
+            on_gpu.append(name)
+    if on_gpu and not gpu_present():
+        variants = [n for n in on_gpu if config_path(repo, n, CPU_CONFIG_VARIANT).exists()]
+        fix = (f"serve it with --model-config-name {CPU_CONFIG_VARIANT} (the CPU variant the export wrote for "
+               f"{', '.join(variants)})" if variants and config_name != CPU_CONFIG_VARIANT
+               else "serve a cpu-profile repository (`pinrank export --target cpu`)")
+        raise ServerError(f"model repository {repo}: {', '.join(on_gpu)} run on KIND_GPU and this machine has no "
+                          f"NVIDIA GPU; {fix}")
     try:
         verify_repository(repo)
     except IntegrityError as exc:
@@ -312,6 +334,8 @@ class TritonServer:
     #: Request traces (TIMESTAMPS) of every `trace_rate`'th request, one file each (pinrank.serving.trace).
     trace_file: Path | None = None
     trace_rate: int = 1
+    #: Triton's --model-config-name: load <model>/configs/<name>.pbtxt where a model has it.
+    model_config_name: str | None = None
     admin_key_source: str = field(default="", init=False)
     startup_timeout_s: float = field(default=180.0, init=False)
     _log_offset: int = field(default=0, init=False, repr=False)
@@ -319,6 +343,9 @@ class TritonServer:
     def __post_init__(self) -> None:
         if self.model_control not in MODEL_CONTROL_MODES:
             raise ServerError(f"model_control must be one of {MODEL_CONTROL_MODES}, got {self.model_control!r}")
+        if self.model_config_name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.model_config_name):
+            raise ServerError(f"model_config_name must be a plain file stem (letters, digits, _ . -), "
+                              f"got {self.model_config_name!r}")
         if self.log_verbose < 0 or self.trace_rate < 1:
             raise ServerError(f"log_verbose must be >= 0 and trace_rate >= 1, got {self.log_verbose}, "
                               f"{self.trace_rate}")
@@ -370,12 +397,13 @@ class TritonServer:
             *self._restriction_args(),
             *([f"--log-verbose={self.log_verbose}"] if self.log_verbose else []),
             *(trace_args(self.trace_file, self.trace_rate) if self.trace_file is not None else []),
+            *([f"--model-config-name={self.model_config_name}"] if self.model_config_name else []),
             *self.extra_args,
         ]
 
     def start(self, timeout_s: float = 180.0) -> "TritonServer":
         self.model_repository = Path(self.model_repository).resolve()
-        validate_repository(self.model_repository)
+        validate_repository(self.model_repository, self.model_config_name)
         busy = [f"{what} port {port}" for what, port in self.ports.items() if port_in_use(port, self.host)]
         if busy:
             raise ServerError(

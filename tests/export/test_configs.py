@@ -5,6 +5,7 @@ from pinrank.backend import schema
 from pinrank.export.configs import (
     PROFILES,
     ProfileSettings,
+    config_variants,
     profile_configs,
     ranker_config,
 )
@@ -94,3 +95,29 @@ def test_cpu_ranker_names_its_runtime():
     for runtime in ("onnxruntime", "torchscript"):
         cfg = ranker_config("cpu", ProfileSettings(cpu_runtime=runtime))
         assert cfg.parameters["RUNTIME"].string_value == runtime
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_gpu_python_ranker_runs_torchscript_on_the_gpu_with_a_cpu_variant(cuda_graphs):
+    settings = ProfileSettings(gpu_backend="python", cuda_graphs=cuda_graphs)
+    cfg = ranker_config("gpu", settings)
+    assert cfg.backend == "python" and not cfg.platform
+    assert cfg.parameters["RUNTIME"].string_value == "torchscript"
+    assert cfg.parameters["CUDA_GRAPHS"].string_value == str(cuda_graphs).lower()
+    assert cfg.parameters["ALLOW_TF32"].string_value == "false"
+    assert [(g.kind, g.count) for g in cfg.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, 2)]
+    variants = config_variants("gpu", settings)
+    assert list(variants) == ["cpu"] and list(variants["cpu"]) == [schema.RANKER_MODEL]
+    on_cpu = variants["cpu"][schema.RANKER_MODEL]
+    assert [(g.kind, g.count) for g in on_cpu.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 2)]
+    assert on_cpu.parameters["CUDA_GRAPHS"].string_value == "false"  # graphs need CUDA
+    # Apart from placement, the variant is the same model: same contract, runtime and warmup.
+    del on_cpu.instance_group[:], cfg.instance_group[:]
+    del on_cpu.parameters["CUDA_GRAPHS"], cfg.parameters["CUDA_GRAPHS"]
+    assert on_cpu == cfg
+
+
+def test_only_the_python_gpu_backend_has_variants_or_cuda_graphs():
+    assert config_variants("cpu") == {} and config_variants("gpu") == {}
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        ProfileSettings(gpu_backend="libtorch", cuda_graphs=True)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
+from tritonclient.grpc import model_config_pb2 as mc
 
 from pinrank.backend import schema
 from pinrank.backend.ranker_runtime import manifest_num_items
@@ -115,6 +116,22 @@ def test_gpu_profile_has_no_python_ranker(tmp_path, artifacts):
     assert not (tmp_path / "gpu" / schema.RANKER_MODEL / "1" / "model.py").exists()
     cfg = parse_pbtxt((tmp_path / "gpu" / schema.RANKER_MODEL / "config.pbtxt").read_text())
     assert cfg.platform == "pytorch_libtorch"
+
+
+def test_gpu_profile_python_backend_ships_model_py_and_a_cpu_variant(tmp_path, artifacts):
+    ts, _ = export_torchscript(BagOfActions(), tmp_path / "ranker.pt", NUM_ITEMS)
+    write_repository(tmp_path / "gpu", "gpu", ts, *artifacts, settings=ProfileSettings(gpu_backend="python"))
+    ranker = tmp_path / "gpu" / schema.RANKER_MODEL
+    assert (ranker / "1" / "model.py").exists() and (ranker / "1" / "ranker.pt").exists()
+    assert (ranker / "1" / "_vendor" / "pinrank" / "backend" / "torchscript_ranker.py").exists()
+    on_gpu = parse_pbtxt((ranker / "config.pbtxt").read_text())
+    on_cpu = parse_pbtxt((ranker / "configs" / "cpu.pbtxt").read_text())
+    assert on_gpu.backend == on_cpu.backend == "python"
+    assert [g.kind for g in on_gpu.instance_group] == [mc.ModelInstanceGroup.Kind.KIND_GPU]
+    assert [g.kind for g in on_cpu.instance_group] == [mc.ModelInstanceGroup.Kind.KIND_CPU]
+    # Only the ranker moves to the GPU: the other steps have no variant and keep config.pbtxt.
+    assert not any((tmp_path / "gpu" / m / "configs").exists()
+                   for m in (schema.PREPROCESS_MODEL, schema.POSTPROCESS_MODEL, schema.ENSEMBLE_MODEL))
 
 
 def test_failing_parity_gate_writes_nothing(tmp_path):

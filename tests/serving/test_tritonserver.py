@@ -10,6 +10,7 @@ from pinrank.serving.tritonserver import (
     TritonServer,
     backend_directory,
     free_ports,
+    gpu_present,
     tritonserver_binary,
     validate_repository,
 )
@@ -43,6 +44,21 @@ def test_malformed_config(tmp_path):
     (tmp_path / "m" / "config.pbtxt").write_text('name: "m"\nbackend: python\nmax_batch_size: oops\n')
     with pytest.raises(ServerError, match="not a valid Triton ModelConfig"):
         validate_repository(tmp_path)
+
+
+@pytest.mark.skipif(gpu_present(), reason="checks the machine-without-a-GPU message")
+def test_a_gpu_model_without_a_gpu_names_the_cpu_variant(tmp_path):
+    (tmp_path / "m" / "configs").mkdir(parents=True)
+    (tmp_path / "m" / "config.pbtxt").write_text('name: "m"\nbackend: "python"\ninstance_group { kind: KIND_GPU }\n')
+    with pytest.raises(ServerError, match="m run on KIND_GPU and this machine has no NVIDIA GPU; serve a cpu-profile"):
+        validate_repository(tmp_path)
+    (tmp_path / "m" / "configs" / "cpu.pbtxt").write_text('name: "m"\nbackend: "python"\n'
+                                                          'instance_group { kind: KIND_CPU }\n')
+    with pytest.raises(ServerError, match="--model-config-name cpu"):
+        validate_repository(tmp_path)
+    assert validate_repository(tmp_path, "cpu") == ["m"]
+    with pytest.raises(ServerError, match="plain file stem"):
+        TritonServer(tmp_path, model_config_name="../cpu")
 
 
 def test_occupied_port_is_reported_before_starting(tmp_path):

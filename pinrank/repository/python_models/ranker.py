@@ -1,9 +1,11 @@
-"""Triton Python backend: the ranker on CPU (the `cpu` profile's ensemble step),
-hosted in ONNX Runtime (ranker.onnx) or TorchScript (ranker.pt).
+"""Triton Python backend: the ranker step of the ensemble, hosted in ONNX
+Runtime (ranker.onnx) or TorchScript (ranker.pt).
 
 The config's RUNTIME parameter picks which (`pinrank export --cpu-runtime`);
-the artifact passed the export's parity gate in that runtime. NVIDIA's
-container runs the same files on native backends instead (the `gpu` profile).
+the artifact passed the export's parity gate in that runtime. The instance
+runs where Triton placed it: on its GPU for KIND_GPU (the gpu profile's
+`python` backend, TorchScript, optional CUDA graphs), else on the CPU.
+NVIDIA's container can run the same files on native backends instead.
 
 Callable directly as well as from the ensemble, so it checks its feed first
 (pinrank.backend.step_inputs): more than MAX_CANDIDATES candidates, an index
@@ -27,8 +29,13 @@ sys.path.insert(0, str(VERSION_DIR / "_vendor"))
 from pinrank.backend import schema  # noqa: E402
 from pinrank.backend.backend_metrics import invalid_argument  # noqa: E402
 from pinrank.backend.ranker_runtime import (  # noqa: E402
+    ALLOW_TF32_PARAMETER,
+    CUDA_GRAPHS_PARAMETER,
+    flag_parameter,
+    instance_device,
     load_exported_ranker,
     manifest_num_items,
+    model_parameters,
     runtime_parameter,
 )
 from pinrank.backend.step_inputs import (  # noqa: E402
@@ -45,8 +52,12 @@ _OUTPUT = schema.RANKER_OUTPUTS[0].name
 class TritonPythonModel:
     def initialize(self, args):
         self.num_items = manifest_num_items(VERSION_DIR)
-        self.rank = load_exported_ranker(VERSION_DIR, runtime_parameter(args["model_config"]),
-                                threads=int(os.environ.get("PINRANK_RANKER_THREADS", "1")))
+        params = model_parameters(args["model_config"])
+        self.rank = load_exported_ranker(
+            VERSION_DIR, runtime_parameter(args["model_config"]),
+            threads=int(os.environ.get("PINRANK_RANKER_THREADS", "1")), device=instance_device(args),
+            cuda_graphs=flag_parameter(params, CUDA_GRAPHS_PARAMETER),
+            allow_tf32=flag_parameter(params, ALLOW_TF32_PARAMETER))
 
     def execute(self, requests):
         responses = []
