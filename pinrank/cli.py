@@ -26,6 +26,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "through the pinrank-client SDK (gRPC), print the rankings and latency, write OUT, and stop the server."),
     "trace": ("pinrank.serving.trace:trace",
               "Print per-step timings of traced requests (`pinrank serve --trace-file FILE`)."),
+    "rollout": ("pinrank.rollout.cli:rollout",
+                "Roll a published version out to a fleet of `pinrank serve --model-control explicit` replicas "
+                "that share one repository: switch a canary, check it on replayed requests against an old "
+                "replica (errors, the answer contract, p99 latency), then switch the others one at a time; roll "
+                "back when the canary or a switch fails."),
     "eval": ("pinrank.eval.cli:eval_group",
              "Measure retrieval quality with the field's protocols (docs/results.md, \"Real logs\")."),
 }

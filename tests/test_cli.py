@@ -13,7 +13,7 @@ from pinrank.cli import TRAIN_COMMANDS, main
 from pinrank.serving.tritonserver import free_ports
 
 COMMANDS = [[], ["data"], ["data", "synth"], ["train"], ["train", "pinnerformer"], ["train", "ranker"],
-            ["embed"], ["embed-merge"], ["export"], ["serve"], ["demo"]]
+            ["embed"], ["embed-merge"], ["export"], ["serve"], ["demo"], ["rollout"]]
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])

@@ -30,7 +30,10 @@ ALLOWED: dict[str, set[str]] = {
     "eval": {"backend", "data", "models", "embed", "train", "metrics"},
     "export": {"backend", "repository", "data", "models"},
     "serving": {"backend", "repository"},
-    "app": {"backend", "repository", "data", "models", "embed", "train", "eval", "export", "serving", "metrics"},
+    # The daily loop's rollout: drives servers, replays the log; no training stack.
+    "rollout": {"backend", "repository", "data", "serving", "metrics"},
+    "app": {"backend", "repository", "data", "models", "embed", "train", "eval", "export", "serving", "metrics",
+            "rollout"},
 }
 
 #: Outside pinrank, what the layers that run in constrained places may import
@@ -45,6 +48,7 @@ EXTERNAL: dict[str, set[str]] = {
     "repository": {"google", "tritonclient"},
     # Host side: no torch, no training stack (tests/serving check the import too).
     "serving": {"click", "google", "tritonclient", "pinrank_client", "pytriton", "numpy"},
+    "rollout": {"click", "numpy", "tritonclient", "pinrank_client"},
 }
 #: Backend modules that exist to host one ranker runtime: they import it at
 #: module level, and the rest of the backend imports them only inside functions.

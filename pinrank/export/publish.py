@@ -21,6 +21,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from tritonclient.grpc import model_config_pb2 as mc
+
 import pinrank.backend
 import pinrank_client.schema
 import pinrank_client.validation
@@ -47,7 +49,7 @@ from pinrank.repository.layout import (
     published_models,
     version_numbers,
 )
-from pinrank.repository.pbtxt import write_config
+from pinrank.repository.pbtxt import read_config, write_config
 
 #: The client's tensor contract, vendored beside pinrank.backend (which imports it).
 CLIENT_CONTRACT = (pinrank_client.schema, pinrank_client.validation)
@@ -78,6 +80,22 @@ def _vendor(dest: Path) -> None:
     for module in CLIENT_CONTRACT:
         src = Path(module.__file__ or "")
         shutil.copyfile(src, dest / "pinrank_client" / src.name)
+
+
+def _keep_version_pin(path: Path, cfg: mc.ModelConfig) -> None:
+    """Carry a version pin of the config on disk into its replacement. A
+    fleet under explicit model control pins the version it serves
+    (pinrank.serving.model_control.switch_version); publishing v+1 must not
+    unpin it, or a server that restarts before the rollout's canary would load
+    v+1 unchecked."""
+    if not path.is_file():
+        return
+    old = read_config(path)
+    if old.version_policy.HasField("specific"):
+        cfg.version_policy.CopyFrom(old.version_policy)
+    for new_step, old_step in zip(cfg.ensemble_scheduling.step, old.ensemble_scheduling.step):
+        if new_step.model_name == old_step.model_name:
+            new_step.model_version = old_step.model_version
 
 
 def _ranker_files(profile: str, settings: ProfileSettings, torchscript: Path | None, onnx: Path | None,
@@ -162,6 +180,7 @@ def write_repository(
         # Configs first, then versions: the latest-version policy only ever
         # switches to a complete directory.
         for name, cfg in configs.items():
+            _keep_version_pin(config_path(repo, name), cfg)
             write_config(config_path(repo, name), cfg, tmp_suffix=f".{uuid.uuid4().hex}")
         for variant, variant_configs in config_variants(profile, settings).items():
             for name, cfg in variant_configs.items():

@@ -36,7 +36,7 @@ from pinrank.serving.health import (
 from pinrank.serving.health import stub_processes as stubs
 
 __all__ = ["StubWatchdog", "StubProcess", "descendants", "stubs", "stub_pids", "zombie_children",
-           "switch_version", "loaded_versions", "pinned_config_json"]
+           "switch_version", "pin_repository", "loaded_versions", "pinned_config_json"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,14 @@ def _route_to(repo: Path, version: int) -> None:
             step.model_version = version
 
     _write_config(repo, schema.ENSEMBLE_MODEL, edit)
+
+
+def pin_repository(repo: Path, version: int) -> None:
+    """Write the ensemble layout's configs as a finished switch to `version`
+    leaves them (every step pinned to it, routing to it); loading the ensemble
+    applies them. Repairs a repository a failed switch left with two versions pinned."""
+    _pin_steps(repo, [version])
+    _route_to(repo, version)
 
 
 def switch_version(client: Any, repo: Path, version: int, headers: dict) -> float:

@@ -22,6 +22,7 @@ from pinrank.export.publish import republish, write_repository
 from pinrank.export.torchscript import export_torchscript
 from pinrank.repository.layout import existing_pipeline
 from pinrank.repository.pbtxt import parse_pbtxt
+from pinrank.serving.model_control import pin_repository
 
 NUM_ITEMS = 50
 
@@ -101,6 +102,26 @@ def test_parity_gate_passes_and_publishes_versions(tmp_path, artifacts):
         ranker_dir = repo / schema.RANKER_MODEL / str(version)
         assert manifest_num_items(ranker_dir) == len(artifacts[0])
         assert (ranker_dir / "_vendor" / "pinrank" / "backend" / "step_inputs.py").exists()
+
+
+def test_publishing_keeps_the_version_a_fleet_pinned(tmp_path, artifacts):
+    """A switched fleet pins what it serves; v+1 arriving must not unpin it
+    (a restarting server would load v+1 before the rollout's canary)."""
+    ts, _ = export_torchscript(BagOfActions(), tmp_path / "ranker.pt", NUM_ITEMS)
+    repo, settings = tmp_path / "repo", ProfileSettings(cpu_runtime="torchscript")
+    write_repository(repo, "cpu", ts, *artifacts, settings=settings)
+    pin_repository(repo, 1)
+    write_repository(repo, "cpu", ts, *artifacts, settings=settings)
+    for name in (schema.PREPROCESS_MODEL, schema.RANKER_MODEL, schema.POSTPROCESS_MODEL):
+        cfg = parse_pbtxt((repo / name / "config.pbtxt").read_text())
+        assert list(cfg.version_policy.specific.versions) == [1]
+    ensemble = parse_pbtxt((repo / schema.ENSEMBLE_MODEL / "config.pbtxt").read_text())
+    assert [s.model_version for s in ensemble.ensemble_scheduling.step] == [1, 1, 1]
+    # An unpinned repository (poll mode, first export) keeps following the latest version.
+    write_repository(tmp_path / "fresh", "cpu", ts, *artifacts, settings=settings)
+    write_repository(tmp_path / "fresh", "cpu", ts, *artifacts, settings=settings)
+    cfg = parse_pbtxt((tmp_path / "fresh" / schema.RANKER_MODEL / "config.pbtxt").read_text())
+    assert not cfg.version_policy.HasField("specific")
 
 
 def test_default_cpu_runtime_needs_the_onnx_artifact(tmp_path, artifacts):
