@@ -17,7 +17,7 @@ LOADTEST_ARGS ?=
 BENCH_ARGS ?=
 RELIABILITY_ARGS ?=
 
-.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer eval-pinnerformer-ml eval-ranker eval-ranker-ml eval-ranker-real eval-real eval-item-features eval-loo-ml100k loadtest bench perf-analyzer docs-figures reliability lint test test-fast clean
+.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer eval-pinnerformer-ml eval-ranker eval-ranker-ml eval-ranker-real eval-real eval-item-features eval-loo-ml100k loadtest bench perf-analyzer docs-figures gpu-bundle gpu-check-cpu reliability lint test test-fast clean
 .DEFAULT_GOAL := help
 
 help: ## List the targets
@@ -121,6 +121,18 @@ perf-analyzer: export ## Only the cross-check: Triton's perf_analyzer beside loc
 
 docs-figures: setup ## Refresh docs/figures/*.json from newer results/ files (+ checkpoint metrics) and rewrite the doc tables generated from them
 	$(PY) docs/figures/render.py --from-results results --artifacts $(A)
+
+GPU_EXPORT := build/gpu_export
+GPU_BUNDLE ?= build/gpu_bundle.tar.xz
+gpu-bundle: $(GPU_BUNDLE) ## Carry bundle for the GPU check (<60 MiB): bundled tritonserver + libs, gpu (python backend) & cpu profiles, client wheels
+$(GPU_BUNDLE): $(RANKER_CKPT) $(SNAPSHOT)/meta.json deploy/gpu_bundle.py deploy/gpu/gpu_check.py deploy/gpu/triton_launch.py
+	rm -rf $(GPU_EXPORT)   # export publishes a new version each run: start clean
+	$(PINRANK) export --ranker $(RANKER_CKPT) --snapshot $(SNAPSHOT) --data $(DATA) --out $(GPU_EXPORT) \
+		--target all --gpu-backend python --results $(GPU_EXPORT)/export.json
+	$(PY) deploy/gpu_bundle.py --repository $(GPU_EXPORT)/gpu --out $@
+
+gpu-check-cpu: $(GPU_BUNDLE) ## The GPU check's dry run on this CPU, from the bundle alone -> results/gpu-dryrun.json
+	PINRANK_GPU_PYTHON=$(PY) PINRANK_GPU_WORK=build/gpu_dryrun bash deploy/gpu_check.sh $(GPU_BUNDLE) --dry-run --out results/gpu-dryrun.json
 
 reliability: setup ## Bad inputs, model swap/rollback, stub kill, soak, server restart under load -> results/reliability.json (RELIABILITY_ARGS=...)
 	$(PY) -m reliability.run --out results/reliability.json $(RELIABILITY_ARGS)

@@ -166,7 +166,9 @@ def server_env(extra_pythonpath: list[str] | None = None) -> dict[str, str]:
     # PATH: putting this interpreter's bin first makes the stub use this venv's
     # site-packages (numpy<2, torch, editable installs). Without it the stub
     # falls back to the base interpreter, whose numpy 2 makes every output
-    # tensor silently empty. PYTHONPATH is a second line of defence only.
+    # tensor silently empty. The stub's interpreter runs isolated (sys.flags.isolated,
+    # seen inside a stub): it ignores PYTHONPATH, so PATH is the only lever; PYTHONPATH
+    # below serves the server's other children, not the stub.
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     paths = list(extra_pythonpath or []) + [p for p in sys.path if p and Path(p).is_dir()]
     env["PYTHONPATH"] = ":".join(dict.fromkeys(paths))
