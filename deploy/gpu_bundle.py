@@ -56,7 +56,8 @@ from pinrank.repository.pbtxt import read_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {"triton_launch.py": ROOT / "deploy" / "gpu" / "triton_launch.py",
-           "gpu_check.py": ROOT / "deploy" / "gpu" / "gpu_check.py"}
+           "gpu_check.py": ROOT / "deploy" / "gpu" / "gpu_check.py",
+           "cuda_graphs_bench.py": ROOT / "deploy" / "gpu" / "cuda_graphs_bench.py"}
 #: NEEDED entries left to the machine, with why (docstring).
 BASE_SYSTEM = {
     "libc.so.6": "glibc", "libm.so.6": "glibc", "libdl.so.2": "glibc", "libpthread.so.0": "glibc",

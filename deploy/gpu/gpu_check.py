@@ -78,9 +78,9 @@ RESULTS_SCHEMA = 1
 #: Settings per mode: the GPU run's, and the CPU dry run's (2 cores, seconds not minutes).
 DEFAULTS = {
     "gpu": {"candidates": "100,500,1000", "concurrency": "1,8", "requests": 300, "cell_seconds": 5.0,
-            "parity_requests": 24},
+            "parity_requests": 24, "graph_iters": 200},
     "cpu": {"candidates": "50,200", "concurrency": "1,2", "requests": 12, "cell_seconds": 2.0,
-            "parity_requests": 4},
+            "parity_requests": 4, "graph_iters": 20},
 }
 
 
@@ -512,6 +512,30 @@ def comparison(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # --- the machine ---------------------------------------------------------------------------------
 
 
+def cuda_graphs(root: Path, py: tl.PythonInfo, ns: list[int], iters: int, tol: float) -> dict[str, Any]:
+    """Whether CUDA graphs pay for this ranker, measured in-process on the
+    machine's torch (cuda_graphs_bench.py) before the servers take the GPU."""
+    ranker = tl.repository_path(root, "gpu") / "ranker"
+    version = max((p for p in ranker.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    done = subprocess.run([py.executable, str(root / "cuda_graphs_bench.py"), "--version-dir", str(version),
+                           "--candidates", ",".join(map(str, ns)), "--iters", str(iters)],
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        return {"error": (done.stdout + done.stderr).strip()[-800:]}
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found["parity_ok"] = all(r.get("graphs_max_abs_diff_vs_cpu", 0.0) <= tol for r in found["rows"])
+    return found
+
+
+def graph_row(r: dict[str, Any]) -> str:
+    line = f"N={r['candidates']}: cpu p50 {r['cpu']['p50_ms']:.2f} ms"
+    if "graphs" not in r:
+        return line
+    return (f"{line}, eager p50 {r['eager']['p50_ms']:.3f} / p99 {r['eager']['p99_ms']:.3f} ms, graphs p50 "
+            f"{r['graphs']['p50_ms']:.3f} / p99 {r['graphs']['p99_ms']:.3f} ms "
+            f"(x{r['p50_speedup_graphs_over_eager']}), max |diff| vs cpu {r['graphs_max_abs_diff_vs_cpu']:.1e}")
+
+
 def _run(cmd: list[str], timeout: float = 60) -> str | None:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -655,6 +679,14 @@ def main(bundle: Path | None, mode: str, dry_run: bool, python_exe: str, out: Pa
         for problem in (client_problem(), glibc_problem(info, manifest), gpu_problem(info) if mode == "gpu" else None):
             if problem:
                 raise CheckFailed(problem)
+        say(f"CUDA graphs, in-process: eager vs one graph per candidate bucket, N = {ns}")
+        results["cuda_graphs"] = graphs = cuda_graphs(root, py, ns, d["graph_iters"], tolerance)
+        if "error" in graphs:
+            say(f"  the graphs benchmark failed (the served check goes on):\n{graphs['error']}")
+        else:
+            say(f"  graphs: {graphs['graphs']}" + "".join(f"\n  {graph_row(r)}" for r in graphs["rows"]))
+            if not graphs["parity_ok"]:
+                results["failures"].append(f"CUDA graph scores differ from the CPU's by more than {tolerance:g}")
         vocab = Vocab.load(tl.repository_path(root, "gpu"))
         probe = make_requests(vocab, 16, 10, 1, seed=7, top_k=16)[0]
         env_extra = {"NVIDIA_TF32_OVERRIDE": "0"}  # cuBLAS/cuDNN: no TF32 whatever a model asks

@@ -329,6 +329,13 @@ def test_the_check_runs_on_cpu_and_writes_its_results(bundle: Path, tmp_path):
     for module in ("pinrank_client", "tritonclient"):
         assert Path(res["packages"][module]).is_relative_to(bundle)
     assert (tmp_path / "results" / "logs" / "tritonserver-gpu.log").exists()
+    # The in-process graphs benchmark ran on the bundle's own ranker; without CUDA it times the CPU only.
+    graphs = res["cuda_graphs"]
+    assert "error" not in graphs, graphs
+    assert [r["candidates"] for r in graphs["rows"]] == [20, 60] and graphs["parity_ok"] is True
+    assert all(r["cpu"]["p50_ms"] > 0 for r in graphs["rows"])
+    if graphs["device"] is None:
+        assert graphs["graphs"].startswith("skipped")
 
 
 @pytest.mark.slow
