@@ -125,7 +125,7 @@ docs-figures: setup ## Refresh docs/figures/*.json from newer results/ files (+ 
 GPU_EXPORT := build/gpu_export
 GPU_BUNDLE ?= build/gpu_bundle.tar.xz
 gpu-bundle: $(GPU_BUNDLE) ## Carry bundle for the GPU check (<60 MiB): bundled tritonserver + libs, gpu (python backend) & cpu profiles, client wheels
-$(GPU_BUNDLE): $(RANKER_CKPT) $(SNAPSHOT)/meta.json deploy/gpu_bundle.py deploy/gpu/gpu_check.py deploy/gpu/triton_launch.py
+$(GPU_BUNDLE): $(RANKER_CKPT) $(SNAPSHOT)/meta.json deploy/gpu_bundle.py $(wildcard deploy/gpu/*.py)
 	rm -rf $(GPU_EXPORT)   # export publishes a new version each run: start clean
 	$(PINRANK) export --ranker $(RANKER_CKPT) --snapshot $(SNAPSHOT) --data $(DATA) --out $(GPU_EXPORT) \
 		--target all --gpu-backend python --results $(GPU_EXPORT)/export.json
