@@ -20,7 +20,8 @@ import numpy as np
 from pinrank.backend import schema
 from pinrank.data.cuts import TIE_STEP_MS, check_split, global_train_end, per_user_cuts, strictly_increasing_per_user
 from pinrank.data.dataset import Dataset, DatasetError
-from pinrank.data.formats.rows import BadRows, RawLog
+from pinrank.data.formats.rawlog import RawLog
+from pinrank.data.formats.rows import BadRows
 from pinrank.data.item_features import item_embeddings
 from pinrank.data.negatives import draw_negatives
 
@@ -35,12 +36,9 @@ def assemble(source: str, log: RawLog, item_ids: np.ndarray, item_topic: np.ndar
     """`log` as a Dataset over the catalogue `item_ids` (sorted) with topics
     `item_topic`; `extra_meta` (the reader's) is merged into meta."""
     split_kind = check_split(split)
-    if not log.user:
+    if not len(log):
         raise DatasetError(f"{source}: no usable rows")
-    user = np.asarray(log.user, dtype=np.int64)
-    item = np.asarray(log.item, dtype=np.int64)
-    action = np.asarray(log.action, dtype=np.int64)
-    ts = np.asarray(log.ts_ms, dtype=np.int64)
+    user, item, action, ts = (log.column(name) for name in ("user", "item", "action", "ts_ms"))
     order = np.lexsort((item, ts, user))
     user, item, action, ts = user[order], item[order], action[order], ts[order]
     user_ids, user_idx, user_counts = np.unique(user, return_inverse=True, return_counts=True)
@@ -83,7 +81,8 @@ def assemble(source: str, log: RawLog, item_ids: np.ndarray, item_topic: np.ndar
         "surface": np.full(n_req * (1 + k), surface, dtype=np.int64),
         "labels": labels.reshape(-1, schema.NUM_HEADS),
     }
-    by_type = {a: int((action == schema.ACTION_IDS[a]).sum()) for a in schema.ACTIONS}
+    per_action = np.bincount(action, minlength=schema.NUM_ACTION_IDS)
+    by_type = {a: int(per_action[schema.ACTION_IDS[a]]) for a in schema.ACTIONS}
     meta = {
         "source": source,
         "seed": seed,

@@ -9,10 +9,16 @@ import numpy as np
 
 from pinrank.backend import schema
 
+#: Stored values per slice of a product: the slice's gathered rows (values x
+#: width floats) stay ~100 MB instead of GBs at tens of millions of actions.
+_SLICE_VALUES = 1 << 18
+
 
 class _Sparse:
     """A COO matrix with the two products randomized SVD needs (no scipy in
-    the runtime deps): rows pre-sorted so each product is one reduceat."""
+    the runtime deps): rows pre-sorted so each product is a reduceat per
+    slice of whole rows. Each row's sum is reduced alone, so slicing gives
+    the same floats as one reduceat over everything."""
 
     def __init__(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int, int]) -> None:
         self.shape = shape
@@ -24,13 +30,18 @@ class _Sparse:
         order = np.argsort(rows, kind="stable")
         r = rows[order]
         starts = np.concatenate([[0], np.flatnonzero(np.diff(r)) + 1])
-        return r[starts], starts, cols[order], vals[order]
+        cuts = np.unique(np.searchsorted(starts, np.arange(0, r.size, _SLICE_VALUES)))  # row index per slice
+        return r[starts], np.append(starts, r.size), cols[order], vals[order], np.append(cuts, starts.size)
 
     @staticmethod
     def _mul(prep: tuple[np.ndarray, ...], x: np.ndarray, n_out: int) -> np.ndarray:
-        out_rows, starts, cols, vals = prep
+        out_rows, bounds, cols, vals, cuts = prep
         out = np.zeros((n_out, x.shape[1]))
-        out[out_rows] = np.add.reduceat(vals[:, None] * x[cols], starts, axis=0)
+        for first, last in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+            lo, hi = bounds[first], bounds[last]
+            part = x[cols[lo:hi]]
+            part *= vals[lo:hi, None]
+            out[out_rows[first:last]] = np.add.reduceat(part, bounds[first:last] - lo, axis=0)
         return out
 
     def dot(self, x: np.ndarray) -> np.ndarray:  # A @ x

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pinrank.backend import schema
+from pinrank.data import item_features, negatives
 from pinrank.data.dataset import DatasetError, load_dataset
 from pinrank.data.formats.movielens import ML100K_GENRES, UNKNOWN_GENRE
 from pinrank.data.importers import build_movielens, build_rees46, build_taobao, import_source
@@ -468,6 +469,39 @@ def test_item_embeddings_stand_in():
     assert np.array_equal(emb, item_embeddings(topic, users, items, seed=0))
     empty = item_embeddings(topic, np.array([], dtype=np.int64), np.array([], dtype=np.int64))
     assert np.isfinite(empty).all() and np.allclose(empty[0], empty[1])
+
+
+def test_item_embeddings_do_not_depend_on_the_product_slices(monkeypatch):
+    """The SVD's sparse products run in slices of whole rows (bounded memory
+    at tens of millions of actions): the floats must be those of one slice."""
+    rng = np.random.default_rng(0)
+    users = (rng.pareto(1.0, 20_000) * 3).astype(np.int64) % 3_000
+    items = (rng.pareto(0.7, 20_000) * 5).astype(np.int64) % 800
+    topic = rng.integers(0, 6, 800)
+    whole = item_embeddings(topic, users, items, seed=2)  # fewer values than one slice holds
+    monkeypatch.setattr(item_features, "_SLICE_VALUES", 5)
+    assert item_embeddings(topic, users, items, seed=2).tobytes() == whole.tobytes()
+
+
+def test_negatives_redraw_only_rows_with_duplicates():
+    """Passes after the first look only at the rows just redrawn: the draws
+    must be those of passes over every row."""
+    def every_row_each_pass(rng, pos, n_items, k, popularity):
+        cdf = np.cumsum(popularity + 1e-12)
+        by_pop = np.minimum(np.searchsorted(cdf, rng.random((pos.size, k)) * cdf[-1], side="right"), n_items - 1)
+        full = np.concatenate([pos[:, None], np.where(rng.random((pos.size, k)) < 0.5,
+                                                      rng.integers(0, n_items, size=(pos.size, k)), by_pop)], axis=1)
+        while (dup := negatives._duplicates(full)).any():
+            full[dup] = rng.integers(0, n_items, size=int(dup.sum()))
+        return full[:, 1:]
+
+    rng = np.random.default_rng(0)
+    for n_items, k in [(5, 4), (12, 6), (400, 4)]:  # small catalogues: several passes
+        pos = rng.integers(0, n_items, 3_000)
+        popularity = rng.pareto(1.0, n_items)
+        got = negatives.draw_negatives(np.random.default_rng(1), pos, n_items, k, popularity)
+        assert np.array_equal(got, every_row_each_pass(np.random.default_rng(1), pos, n_items, k, popularity))
+        assert all(len(set(row)) == k + 1 for row in np.concatenate([pos[:, None], got], axis=1).tolist())
 
 
 def test_import_source_rejects_unknown_format(tmp_path):

@@ -7,21 +7,31 @@ with genre flags and u.genre, latin-1). The first record of every MovieLens
 file must have the file's layout, or the import stops there naming
 file:line (a wrong file fails at once, never after parsing millions of
 lines).
+
+ratings.csv (tens of millions of rows in ML-20M/25M) goes through the
+columnar reader (pinrank.data.formats.columnar); the other files, and the
+`::` and tab-separated releases (ML-10M's 10M ratings.dat included), are
+read row by row.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+import pyarrow as pa
+
 from pinrank.backend import schema
 from pinrank.data.dataset import DatasetError
+from pinrank.data.formats import columnar
+from pinrank.data.formats.rawlog import RawLog
 from pinrank.data.formats.rows import (
     BadRow,
     BadRows,
-    RawLog,
     csv_rows,
     expect_columns,
     parse_id,
@@ -173,14 +183,8 @@ def _read_genre_names(path: Path, layout: _Layout) -> tuple[str, ...]:
     return tuple(by_index[i] for i in range(len(by_index)))
 
 
-def read_movielens(src: Path, bad: BadRows,
-                   ts_range: tuple[int, int]) -> tuple[RawLog, dict[int, str], dict[str, Any]]:
-    """The log of `src` (a MovieLens folder), each movie's genre, and meta (mapping, variant, files read)."""
-    variant = _movielens_variant(src)
-    log = RawLog()
-    read = [variant.ratings.name]
-    layout = variant.ratings
-    path = src / layout.name
+def _rating_rows(path: Path, layout: _Layout, log: RawLog, bad: BadRows, ts_range: tuple[int, int]) -> None:
+    """The reference reader of a ratings file: row by row."""
     user_col, item_col = layout.columns[:2]
     for line, f in _records(path, layout):
         try:
@@ -189,6 +193,40 @@ def read_movielens(src: Path, bad: BadRows,
                     unix_s_to_ms(f[3], ts_range))
         except BadRow as exc:
             bad.report(path, line, str(exc))
+
+
+def _rating_batch(batch: pa.RecordBatch, ts_range: tuple[int, int]) -> dict[str, np.ndarray]:
+    """A ratings.csv batch as the RawLog columns; columnar.NotClean where _rating_rows would find a bad row."""
+    rating = columnar.decimals(batch.column("rating"))
+    if not ((rating >= 0.5) & (rating <= 5.0) & (rating * 2 == np.floor(rating * 2))).all():
+        raise columnar.NotClean("rating not a half star in 0.5..5")
+    return {
+        "user": columnar.ids(batch.column("userId")),
+        "item": columnar.ids(batch.column("movieId")),
+        "action": np.where(rating >= 4.0, _SAVE, np.where(rating >= 2.5, _CLICK, _HIDE)),
+        "ts_ms": columnar.unix_ms(batch.column("timestamp"), ts_range),
+    }
+
+
+def read_movielens(src: Path, bad: BadRows, ts_range: tuple[int, int], *, reader: str = "columnar",
+                   block_size: int | None = None) -> tuple[RawLog, dict[int, str], dict[str, Any]]:
+    """The log of `src` (a MovieLens folder), each movie's genre, and meta
+    (mapping, variant, files read). `reader`: see columnar.READERS ("rows"
+    is the reference); only ratings.csv has a columnar reader."""
+    variant = _movielens_variant(src)
+    log = RawLog()
+    read = [variant.ratings.name]
+    layout = variant.ratings
+    path = src / layout.name
+    rows = partial(_rating_rows, layout=layout, log=log, bad=bad, ts_range=ts_range)
+    if layout.csv_header:
+        csv_layout = columnar.CsvLayout(layout.columns, read=layout.columns, header=True)
+        columnar.read_log([path], log, csv_layout, partial(_rating_batch, ts_range=ts_range), rows,
+                          reader=reader, block_size=block_size)
+    else:
+        columnar.check_reader(reader)
+        rows(path)
+    user_col, item_col = layout.columns[:2]
     if variant.tags is not None and (src / variant.tags.name).is_file():  # optional in every release
         path = src / variant.tags.name
         read.append(path.name)

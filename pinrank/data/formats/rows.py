@@ -1,5 +1,7 @@
-"""What every format reader shares: reading CSV records, parsing ids and
-timestamps, bad-row accounting and the RawLog the rows are collected in."""
+"""What every row reader shares: reading CSV records, parsing ids and
+timestamps and bad-row accounting. The row readers are the reference: the
+columnar readers (pinrank.data.formats.columnar) accept exactly the rows
+these accept, and hand a file to them whenever a row is not clean."""
 
 from __future__ import annotations
 
@@ -43,22 +45,6 @@ class BadRows:
         return {"count": self.count, "examples": self.examples, "skipped": self.skip}
 
 
-@dataclass
-class RawLog:
-    """Parsed raw rows before assembly into a Dataset."""
-
-    user: list[int] = field(default_factory=list)
-    item: list[int] = field(default_factory=list)
-    action: list[int] = field(default_factory=list)
-    ts_ms: list[int] = field(default_factory=list)
-
-    def add(self, user: int, item: int, action_id: int, ts_ms: int) -> None:
-        self.user.append(user)
-        self.item.append(item)
-        self.action.append(action_id)
-        self.ts_ms.append(ts_ms)
-
-
 def csv_rows(path: Path, header: tuple[str, ...] | None) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of each non-empty CSV record after the header."""
     if not path.is_file():
@@ -91,10 +77,17 @@ def parse_id(text: str, what: str) -> int:
     return value
 
 
+def _iso(ms: int) -> str:
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+    except (ValueError, OverflowError, OSError):  # past datetime's years 1..9999
+        return str(ms)
+
+
 def plausible_ts(ms: int, ts_range: tuple[int, int]) -> int:
     lo, hi = ts_range
     if not lo <= ms < hi:
-        when = datetime.fromtimestamp(ms / 1000, UTC).isoformat() if abs(ms) < 2**52 else str(ms)
+        when = _iso(ms)
         raise BadRow(
             f"timestamp {ms} ms ({when}) outside the plausible range "
             f"{datetime.fromtimestamp(lo / 1000, UTC).date()}..{datetime.fromtimestamp(hi / 1000, UTC).date()}"
