@@ -17,7 +17,7 @@ LOADTEST_ARGS ?=
 BENCH_ARGS ?=
 RELIABILITY_ARGS ?=
 
-.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer eval-pinnerformer-ml eval-ranker eval-ranker-ml eval-ranker-real eval-real eval-item-features eval-loo-ml100k loadtest bench perf-analyzer docs-figures gpu-bundle gpu-check-cpu reliability lint test test-fast clean
+.PHONY: help setup data train train-pinnerformer train-ranker embed export serve demo eval-pinnerformer eval-pinnerformer-ml eval-ranker eval-ranker-ml eval-ranker-real eval-real eval-item-features eval-loo-ml100k loadtest bench perf-analyzer docs-figures gpu-bundle gpu-check-cpu daily-loop daily-sizing reliability lint test test-fast clean
 .DEFAULT_GOAL := help
 
 help: ## List the targets
@@ -133,6 +133,12 @@ $(GPU_BUNDLE): $(RANKER_CKPT) $(SNAPSHOT)/meta.json deploy/gpu_bundle.py $(wildc
 
 gpu-check-cpu: $(GPU_BUNDLE) ## The GPU check's dry run on this CPU, from the bundle alone -> results/gpu-dryrun.json
 	PINRANK_GPU_PYTHON=$(PY) PINRANK_GPU_WORK=build/gpu_dryrun bash deploy/gpu_check.sh $(GPU_BUNDLE) --dry-run --out results/gpu-dryrun.json
+
+daily-loop: setup ## The daily loop of deploy/k8s/daily run here from its manifests: bootstrap, rollout under live traffic, forced canary rollback (~2-3 min) -> results/daily_loop.json
+	$(PY) -m deploy.daily --out results/daily_loop.json
+
+daily-sizing: $(PF_CKPT) ## Per-user embedding costs measured here + the sizing for 100M users (docs/deploy.md section 9.5) -> results/daily_sizing.json
+	$(PY) -m deploy.daily.sizing --data $(DATA) --checkpoint $(PF_CKPT) --out results/daily_sizing.json
 
 reliability: setup ## Bad inputs, model swap/rollback, stub kill, soak, server restart under load -> results/reliability.json (RELIABILITY_ARGS=...)
 	$(PY) -m reliability.run --out results/reliability.json $(RELIABILITY_ARGS)

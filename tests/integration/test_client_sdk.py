@@ -419,7 +419,10 @@ def test_stats_count_the_requests_ranked(server, protocol):
             assert stats.requests - earlier.requests >= sent, (flavour, earlier, stats)
             assert stats.total_ms > 0 and stats.executions >= 1, stats
             phases = stats.queue_ms + stats.compute_input_ms + stats.compute_infer_ms + stats.compute_output_ms
-            assert 0 <= phases <= stats.total_ms * 1.01, stats  # the phases are parts of the whole
+            # A step's phases are parts of its whole; the ensemble's are Triton's sums over its steps,
+            # which need not add up to its own total (ModelStats' docstring), so they are not held to it.
+            if model != schema.ENSEMBLE_MODEL:
+                assert 0 <= phases <= stats.total_ms * 1.01, stats
         assert after[schema.RANKER_MODEL].compute_infer_ms > 0
 
     runner = CliRunner()
